@@ -1,0 +1,52 @@
+//! The read accelerator. Handlers and the consumer see only [`RecordCache`];
+//! [`redis::RedisCache`] is the real thing.
+//!
+//! The cache holds each record's encoded JSON body (records never change
+//! once written, so it cannot go stale) and a short-lived "pending" marker
+//! for writes that were accepted but not persisted yet. Every call is
+//! bounded by a short timeout: a slow or absent cache costs speed, never
+//! correctness.
+
+pub mod redis;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use uuid::Uuid;
+
+/// What the cache knows about one id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cached {
+    /// The record's JSON body, ready to serve.
+    Record(Bytes),
+    /// Accepted, not yet persisted.
+    Pending,
+    /// Nothing cached: ask the database.
+    Miss,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("cache did not answer within {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("cache error")]
+    Redis(#[from] ::redis::RedisError),
+}
+
+#[async_trait]
+pub trait RecordCache: Send + Sync + 'static {
+    async fn lookup(&self, id: Uuid) -> Result<Cached, CacheError>;
+
+    /// Caches a record body read from the database.
+    async fn store_record(&self, id: Uuid, body: Bytes) -> Result<(), CacheError>;
+
+    /// Marks an accepted write as pending until the consumer persists it.
+    async fn mark_pending(&self, id: Uuid) -> Result<(), CacheError>;
+
+    /// Removes the marker of a write that was finally refused.
+    async fn clear_pending(&self, id: Uuid) -> Result<(), CacheError>;
+
+    /// Write-through after a commit: caches each record and clears its pending marker.
+    async fn store_persisted(&self, records: &[(Uuid, Bytes)]) -> Result<(), CacheError>;
+
+    async fn ping(&self) -> Result<(), CacheError>;
+}

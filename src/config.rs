@@ -1,0 +1,358 @@
+//! Every setting of every subcommand: clap flags, each backed by an
+//! environment variable (a `.env` file is loaded into the environment first).
+//!
+//! Values are parsed and validated here, before anything connects, so a
+//! missing or malformed setting stops the command with one clear line
+//! (see [`crate::cli`]). Connection strings are [`SecretUrl`]s: their
+//! `Debug` and `Display` never show a password.
+
+use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
+
+use clap::{Args, ValueEnum};
+use url::Url;
+
+/// A connection URL whose password is masked whenever it is printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(Url);
+
+impl SecretUrl {
+    /// The full URL, password included: only for handing to a client library.
+    pub fn expose(&self) -> &str {
+        self.0.as_str()
+    }
+
+    fn parse(text: &str, schemes: &[&str]) -> Result<Self, String> {
+        let url = Url::parse(text).map_err(|e| format!("not a URL ({e})"))?;
+        if !schemes.contains(&url.scheme()) {
+            return Err(format!(
+                "scheme must be {} (got `{}`)",
+                schemes.join(" or "),
+                url.scheme()
+            ));
+        }
+        Ok(Self(url))
+    }
+
+    pub fn with_path(&self, path: &str) -> Self {
+        let mut url = self.0.clone();
+        url.set_path(path);
+        Self(url)
+    }
+
+    pub fn path(&self) -> &str {
+        self.0.path()
+    }
+}
+
+impl fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut masked = self.0.clone();
+        if masked.password().is_some() {
+            let _ = masked.set_password(Some("****"));
+        }
+        f.write_str(masked.as_str())
+    }
+}
+
+impl fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretUrl({self})")
+    }
+}
+
+pub fn parse_postgres_url(text: &str) -> Result<SecretUrl, String> {
+    let url = SecretUrl::parse(text, &["postgres", "postgresql"])?;
+    sqlx::postgres::PgConnectOptions::from_str(text)
+        .map_err(|e| format!("not a Postgres connection string ({e})"))?;
+    Ok(url)
+}
+
+pub fn parse_redis_url(text: &str) -> Result<SecretUrl, String> {
+    let url = SecretUrl::parse(text, &["redis", "rediss", "unix", "redis+unix"])?;
+    redis::Client::open(text).map_err(|e| format!("not a Redis URL ({e})"))?;
+    Ok(url)
+}
+
+pub fn parse_amqp_url(text: &str) -> Result<SecretUrl, String> {
+    let url = SecretUrl::parse(text, &["amqp", "amqps"])?;
+    text.parse::<lapin::uri::AMQPUri>()
+        .map_err(|e| format!("not an AMQP URL ({e})"))?;
+    Ok(url)
+}
+
+fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    text.parse()
+        .map_err(|_| "expected an address and port such as 0.0.0.0:8000".to_owned())
+}
+
+fn parse_positive_u64(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(0) => Err("must be greater than zero".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err("expected a whole number".into()),
+    }
+}
+
+fn parse_positive_u32(text: &str) -> Result<u32, String> {
+    let n = parse_positive_u64(text)?;
+    u32::try_from(n).map_err(|_| "too large".to_owned())
+}
+
+fn parse_prefix(text: &str) -> Result<String, String> {
+    let ok = !text.is_empty()
+        && text.len() <= 100
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'));
+    if ok {
+        Ok(text.to_owned())
+    } else {
+        Err("use 1 to 100 characters among letters, digits, `.`, `-`, `_` and `:`".into())
+    }
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable, coloured lines.
+    Pretty,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LogArgs {
+    /// Log format; by default `pretty` on a terminal and `json` otherwise.
+    #[arg(long, env = "SVC_LOG_FORMAT", global = true)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The primary Postgres database (writes, migrations).
+#[derive(Debug, Clone, Args)]
+pub struct PostgresArgs {
+    /// Postgres connection string of the primary.
+    #[arg(long, env = "DATABASE_URL", value_parser = parse_postgres_url)]
+    pub database_url: SecretUrl,
+
+    /// Most connections each pool holds.
+    #[arg(long, env = "SVC_DB_MAX_CONNECTIONS", default_value = "16", value_parser = parse_positive_u32)]
+    pub db_max_connections: u32,
+
+    /// How long a query waits for a pooled connection before failing fast.
+    #[arg(long, env = "SVC_DB_ACQUIRE_TIMEOUT_MS", default_value = "250", value_parser = parse_positive_u64)]
+    pub db_acquire_timeout_ms: u64,
+}
+
+impl PostgresArgs {
+    pub fn acquire_timeout(&self) -> Duration {
+        Duration::from_millis(self.db_acquire_timeout_ms)
+    }
+}
+
+/// The Redis cache.
+#[derive(Debug, Clone, Args)]
+pub struct RedisArgs {
+    /// Redis connection string.
+    #[arg(long, env = "REDIS_URL", value_parser = parse_redis_url)]
+    pub redis_url: SecretUrl,
+
+    /// Longest wait for one Redis command; past it the cache counts as a miss.
+    #[arg(long, env = "SVC_REDIS_TIMEOUT_MS", default_value = "100", value_parser = parse_positive_u64)]
+    pub redis_timeout_ms: u64,
+
+    /// Prefix of every Redis key.
+    #[arg(long, env = "SVC_CACHE_PREFIX", default_value = "svc:", value_parser = parse_prefix)]
+    pub cache_prefix: String,
+
+    /// How long a record stays cached.
+    #[arg(long, env = "SVC_CACHE_TTL_SECS", default_value = "300", value_parser = parse_positive_u64)]
+    pub cache_ttl_secs: u64,
+
+    /// How long the "pending" marker of an accepted write lives if the
+    /// consumer never persists it.
+    #[arg(long, env = "SVC_PENDING_TTL_SECS", default_value = "600", value_parser = parse_positive_u64)]
+    pub pending_ttl_secs: u64,
+}
+
+impl RedisArgs {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.redis_timeout_ms)
+    }
+}
+
+/// Names and limits of the RabbitMQ topology.
+#[derive(Debug, Clone, Args)]
+pub struct TopologyArgs {
+    /// Prefix of the exchange and queue names (`<prefix>.data`, `<prefix>.data.ingest`, ...).
+    #[arg(long, env = "SVC_QUEUE_PREFIX", default_value = "svc", value_parser = parse_prefix)]
+    pub queue_prefix: String,
+
+    /// Deliveries of one message before it is dead-lettered.
+    #[arg(long, env = "SVC_DELIVERY_LIMIT", default_value = "5", value_parser = parse_positive_u32)]
+    pub delivery_limit: u32,
+}
+
+/// The RabbitMQ broker.
+#[derive(Debug, Clone, Args)]
+pub struct AmqpArgs {
+    /// AMQP connection string.
+    #[arg(long, env = "AMQP_URL", value_parser = parse_amqp_url)]
+    pub amqp_url: SecretUrl,
+
+    #[command(flatten)]
+    pub topology: TopologyArgs,
+}
+
+/// `svc serve`
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "SVC_LISTEN", default_value = "0.0.0.0:8000", value_parser = parse_listen)]
+    pub listen: SocketAddr,
+
+    #[command(flatten)]
+    pub postgres: PostgresArgs,
+
+    /// Postgres used for reads (a replica or PgBouncer); defaults to DATABASE_URL.
+    #[arg(long, env = "DATABASE_READ_URL", value_parser = parse_postgres_url)]
+    pub database_read_url: Option<SecretUrl>,
+
+    #[command(flatten)]
+    pub redis: RedisArgs,
+
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
+
+    /// Long-lived channels used for publishing, each with many confirms in flight.
+    #[arg(long, env = "SVC_PUBLISH_CHANNELS", default_value = "4", value_parser = parse_positive_u32)]
+    pub publish_channels: u32,
+
+    /// Longest wait for the broker's confirm of one write before answering 503.
+    #[arg(long, env = "SVC_PUBLISH_TIMEOUT_MS", default_value = "1000", value_parser = parse_positive_u64)]
+    pub publish_timeout_ms: u64,
+
+    /// Longest time a request may take before it is answered 503.
+    #[arg(long, env = "SVC_REQUEST_TIMEOUT_MS", default_value = "2000", value_parser = parse_positive_u64)]
+    pub request_timeout_ms: u64,
+
+    /// Longest time a client may take to send its request headers.
+    #[arg(long, env = "SVC_HEADER_TIMEOUT_MS", default_value = "5000", value_parser = parse_positive_u64)]
+    pub header_timeout_ms: u64,
+
+    /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.
+    #[arg(long, env = "SVC_SHUTDOWN_GRACE_SECS", default_value = "25", value_parser = parse_positive_u64)]
+    pub shutdown_grace_secs: u64,
+}
+
+impl ServeArgs {
+    pub fn read_url(&self) -> &SecretUrl {
+        self.database_read_url
+            .as_ref()
+            .unwrap_or(&self.postgres.database_url)
+    }
+}
+
+/// `svc consume`
+#[derive(Debug, Clone, Args)]
+pub struct ConsumeArgs {
+    /// Address of the consumer's own `/metrics` and `/health/*` listener.
+    #[arg(long, env = "SVC_METRICS_LISTEN", default_value = "0.0.0.0:9000", value_parser = parse_listen)]
+    pub metrics_listen: SocketAddr,
+
+    #[command(flatten)]
+    pub postgres: PostgresArgs,
+
+    #[command(flatten)]
+    pub redis: RedisArgs,
+
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
+
+    /// Most messages written by one multi-row insert.
+    #[arg(long, env = "SVC_BATCH_SIZE", default_value = "500", value_parser = parse_positive_u32)]
+    pub batch_size: u32,
+
+    /// Longest wait for a batch to fill once its first message arrived.
+    #[arg(long, env = "SVC_BATCH_WAIT_MS", default_value = "20", value_parser = parse_positive_u64)]
+    pub batch_wait_ms: u64,
+
+    /// Unacknowledged messages the broker may hand over; defaults to twice the batch size.
+    #[arg(long, env = "SVC_PREFETCH", value_parser = parse_positive_u32)]
+    pub prefetch: Option<u32>,
+
+    /// Ceiling of the backoff between retries of a failed database write.
+    #[arg(long, env = "SVC_RETRY_MAX_BACKOFF_MS", default_value = "5000", value_parser = parse_positive_u64)]
+    pub retry_max_backoff_ms: u64,
+}
+
+impl ConsumeArgs {
+    pub fn prefetch(&self) -> u16 {
+        let wanted = self.prefetch.unwrap_or(self.batch_size.saturating_mul(2));
+        u16::try_from(wanted).unwrap_or(u16::MAX)
+    }
+}
+
+/// `svc migrate`
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    /// List applied and pending migrations instead of applying them.
+    #[arg(long)]
+    pub status: bool,
+
+    /// Postgres connection string of the primary.
+    #[arg(long, env = "DATABASE_URL", value_parser = parse_postgres_url)]
+    pub database_url: SecretUrl,
+
+    /// AMQP connection string (not needed with `--status`).
+    #[arg(long, env = "AMQP_URL", value_parser = parse_amqp_url, required_unless_present = "status")]
+    pub amqp_url: Option<SecretUrl>,
+
+    #[command(flatten)]
+    pub topology: TopologyArgs,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_password_never_shows_when_printed() {
+        let url = parse_postgres_url("postgres://svc:hunter2@db:5432/svc").unwrap();
+        assert_eq!(url.to_string(), "postgres://svc:****@db:5432/svc");
+        assert!(!format!("{url:?}").contains("hunter2"));
+        assert!(url.expose().contains("hunter2"));
+    }
+
+    #[test]
+    fn wrong_schemes_are_refused() {
+        assert!(parse_postgres_url("mysql://localhost/db").is_err());
+        assert!(parse_redis_url("http://localhost").is_err());
+        assert!(parse_amqp_url("redis://localhost").is_err());
+        assert!(parse_amqp_url("amqp://guest:guest@127.0.0.1:5672/%2f").is_ok());
+        assert!(parse_redis_url("redis://127.0.0.1:6379").is_ok());
+    }
+
+    #[test]
+    fn numbers_must_be_positive() {
+        assert!(parse_positive_u64("0").is_err());
+        assert!(parse_positive_u64("-1").is_err());
+        assert!(parse_positive_u64("ten").is_err());
+        assert_eq!(parse_positive_u64("10"), Ok(10));
+        assert!(parse_positive_u32("5000000000").is_err());
+    }
+
+    #[test]
+    fn prefixes_are_restricted_to_safe_characters() {
+        assert!(parse_prefix("svc").is_ok());
+        assert!(parse_prefix("test-1.a_b:").is_ok());
+        assert!(parse_prefix("").is_err());
+        assert!(parse_prefix("a b").is_err());
+        assert!(parse_prefix("a*").is_err());
+    }
+
+    #[test]
+    fn listen_addresses_need_a_port() {
+        assert!(parse_listen("0.0.0.0:8000").is_ok());
+        assert!(parse_listen("localhost").is_err());
+    }
+}

@@ -1,0 +1,307 @@
+//! `svc consume`: takes accepted writes off the ingest queue in batches,
+//! persists each batch with one multi-row insert, writes the records through
+//! to the cache, and only then acknowledges them.
+//!
+//! Guarantees: a message is acknowledged only after its row is committed; a
+//! redelivery never makes a duplicate (inserts ignore known ids); a payload
+//! that can never be persisted is rejected to the dead-letter queue at once;
+//! while the database is down the batch in hand is held and retried, and no
+//! more deliveries are taken (prefetch bounds them). On shutdown the batch in
+//! hand is finished, committed and acknowledged before the process exits.
+
+mod batch;
+mod health;
+mod persist;
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::Context;
+use lapin::{
+    Connection,
+    message::Delivery,
+    options::{
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions,
+        BasicRejectOptions,
+    },
+    types::FieldTable,
+};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    backoff::Backoff,
+    cache::{RecordCache, redis::RedisCache},
+    config::{ConsumeArgs, SecretUrl},
+    domain::DataMessage,
+    metrics,
+    queue::{Topology, connect},
+    storage::{
+        RecordStore,
+        postgres::{PoolSettings, PostgresStore, connect_lazy},
+    },
+    telemetry::error_chain,
+};
+
+pub use health::ConsumerHealth;
+
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    pub amqp_url: SecretUrl,
+    pub topology: Topology,
+    pub batch_size: usize,
+    pub batch_wait: Duration,
+    pub prefetch: u16,
+    pub retry_max_backoff: Duration,
+}
+
+impl ConsumerSettings {
+    pub fn from_args(args: &ConsumeArgs) -> Self {
+        Self {
+            amqp_url: args.amqp.amqp_url.clone(),
+            topology: Topology::from_args(&args.amqp.topology),
+            batch_size: args.batch_size as usize,
+            batch_wait: Duration::from_millis(args.batch_wait_ms),
+            prefetch: args.prefetch(),
+            retry_max_backoff: Duration::from_millis(args.retry_max_backoff_ms),
+        }
+    }
+}
+
+pub struct Consumer {
+    settings: ConsumerSettings,
+    store: Arc<dyn RecordStore>,
+    cache: Arc<dyn RecordCache>,
+    consuming: Arc<AtomicBool>,
+}
+
+impl Consumer {
+    pub fn new(
+        settings: ConsumerSettings,
+        store: Arc<dyn RecordStore>,
+        cache: Arc<dyn RecordCache>,
+    ) -> Self {
+        Self {
+            settings,
+            store,
+            cache,
+            consuming: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// What the consumer's health endpoints report.
+    pub fn health(&self) -> ConsumerHealth {
+        ConsumerHealth::new(
+            self.store.clone(),
+            self.cache.clone(),
+            self.consuming.clone(),
+        )
+    }
+
+    /// Consumes until `shutdown`, reconnecting with backoff whenever the
+    /// broker connection is lost.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+        while !shutdown.is_cancelled() {
+            match self.session(&shutdown, &mut backoff).await {
+                Ok(()) => break,
+                Err(err) => {
+                    self.consuming.store(false, Ordering::Release);
+                    let delay = backoff.next_delay();
+                    tracing::warn!(
+                        url = %self.settings.amqp_url,
+                        error = %error_chain(err.as_ref()),
+                        retry_in_ms = delay.as_millis() as u64,
+                        "consumer lost the broker; reconnecting"
+                    );
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = shutdown.cancelled() => {}
+                    }
+                }
+            }
+        }
+        self.consuming.store(false, Ordering::Release);
+    }
+
+    /// One connection's worth of consuming. `Ok` means a clean shutdown.
+    async fn session(
+        &self,
+        shutdown: &CancellationToken,
+        backoff: &mut Backoff,
+    ) -> anyhow::Result<()> {
+        let topology = &self.settings.topology;
+        let connection = connect(self.settings.amqp_url.expose(), "consume")
+            .await
+            .context("cannot connect to the broker")?;
+        let channel = connection.create_channel().await?;
+        topology
+            .declare(&channel)
+            .await
+            .context("cannot declare the topology")?;
+        channel
+            .basic_qos(self.settings.prefetch, BasicQosOptions { global: false })
+            .await?;
+        let tag = format!(
+            "svc-consume-{}-{}",
+            std::process::id(),
+            uuid::Uuid::now_v7()
+        );
+        let mut deliveries = channel
+            .basic_consume(
+                topology.queue.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        self.consuming.store(true, Ordering::Release);
+        backoff.reset();
+        tracing::info!(queue = %topology.queue, prefetch = self.settings.prefetch, "consuming");
+
+        loop {
+            let collected = batch::collect(
+                &mut deliveries,
+                self.settings.batch_size,
+                self.settings.batch_wait,
+                shutdown,
+            )
+            .await;
+            self.handle_batch(collected.items, shutdown).await?;
+            if let Some(ended) = collected.ended {
+                return Err(match ended {
+                    Some(err) => anyhow::Error::new(err).context("delivery stream failed"),
+                    None => anyhow::anyhow!("the broker cancelled the consumer"),
+                });
+            }
+            if shutdown.is_cancelled() {
+                break;
+            }
+        }
+
+        // Stop deliveries, then finish whatever the broker already handed over,
+        // so as little as possible is redelivered to the next consumer.
+        self.consuming.store(false, Ordering::Release);
+        channel
+            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+            .await?;
+        let leftovers = batch::collect(
+            &mut deliveries,
+            usize::from(self.settings.prefetch).max(1),
+            Duration::from_millis(100),
+            &CancellationToken::new(),
+        )
+        .await;
+        self.handle_batch(leftovers.items, &CancellationToken::new())
+            .await?;
+        close(&channel, &connection).await;
+        tracing::info!("consumer stopped cleanly");
+        Ok(())
+    }
+
+    /// Dead-letters what can never be persisted, persists the rest, and
+    /// acknowledges them once committed.
+    #[tracing::instrument(skip_all, fields(size = deliveries.len()))]
+    async fn handle_batch(
+        &self,
+        deliveries: Vec<Delivery>,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
+        if deliveries.is_empty() {
+            return Ok(());
+        }
+        ::metrics::histogram!(metrics::CONSUMER_BATCH_SIZE).record(deliveries.len() as f64);
+        let mut messages: Vec<DataMessage> = Vec::with_capacity(deliveries.len());
+        let mut last_valid: Option<&Delivery> = None;
+        for delivery in &deliveries {
+            match persist::decode(&delivery.data) {
+                Ok(message) => {
+                    messages.push(message);
+                    last_valid = Some(delivery);
+                }
+                Err(err) => {
+                    tracing::warn!(
+                        delivery_tag = delivery.delivery_tag,
+                        message_id = ?delivery.properties.message_id(),
+                        error = %error_chain(&err),
+                        "poison message: dead-lettering it"
+                    );
+                    delivery
+                        .acker
+                        .reject(BasicRejectOptions { requeue: false })
+                        .await?;
+                    ::metrics::counter!(metrics::CONSUMER_MESSAGES, "outcome" => "dead_lettered")
+                        .increment(1);
+                }
+            }
+        }
+        let Some(last_valid) = last_valid else {
+            return Ok(());
+        };
+        if !persist::persist(
+            &self.store,
+            &self.cache,
+            &messages,
+            self.settings.retry_max_backoff,
+            shutdown,
+        )
+        .await
+        {
+            anyhow::bail!("shutdown before the batch was committed");
+        }
+        // One frame acknowledges the whole batch: every earlier delivery on this
+        // channel is either in this batch or was rejected above.
+        last_valid
+            .acker
+            .ack(BasicAckOptions { multiple: true })
+            .await
+            .context("cannot acknowledge a committed batch (it will be redelivered, harmlessly)")?;
+        Ok(())
+    }
+}
+
+async fn close(channel: &lapin::Channel, connection: &Connection) {
+    if let Err(err) = channel.close(200, "shutdown".into()).await {
+        tracing::debug!(error = %err, "closing the channel");
+    }
+    if let Err(err) = connection.close(200, "shutdown".into()).await {
+        tracing::debug!(error = %err, "closing the connection");
+    }
+}
+
+/// The real consumer for `args`: Postgres primary, Redis, RabbitMQ.
+pub fn build(args: &ConsumeArgs) -> anyhow::Result<Consumer> {
+    let pool = connect_lazy(&PoolSettings {
+        url: args.postgres.database_url.clone(),
+        max_connections: args.postgres.db_max_connections,
+        acquire_timeout: args.postgres.acquire_timeout(),
+        application_name: "svc consume",
+    })
+    .context("cannot configure the database pool")?;
+    let cache = RedisCache::new(&args.redis).context("cannot configure the cache")?;
+    Ok(Consumer::new(
+        ConsumerSettings::from_args(args),
+        Arc::new(PostgresStore::new(pool)),
+        Arc::new(cache),
+    ))
+}
+
+/// `svc consume`: the consumer plus its `/metrics` and `/health/*` listener.
+pub async fn run(args: ConsumeArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    metrics::handle();
+    let consumer = build(&args)?;
+    let listener = crate::serve::bind(args.metrics_listen)
+        .with_context(|| format!("cannot listen on {}", args.metrics_listen))?;
+    let address: SocketAddr = listener.local_addr()?;
+    tracing::info!(%address, "consumer health and metrics listening");
+    let server = tokio::spawn(health::serve(listener, consumer.health(), shutdown.clone()));
+    consumer.run(shutdown.clone()).await;
+    shutdown.cancel();
+    let _ = server.await;
+    Ok(())
+}

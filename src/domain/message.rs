@@ -1,0 +1,110 @@
+//! The message that carries an accepted write from `serve` to `consume`:
+//! persistent JSON `{"id", "value", "accepted_at"}` with `message_id` = id.
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::record::{ValueError, validate_value};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataMessage {
+    pub id: Uuid,
+    pub value: String,
+    /// When the API accepted the write (before the broker confirmed it).
+    #[serde(with = "time::serde::rfc3339")]
+    pub accepted_at: OffsetDateTime,
+}
+
+/// Why a delivered payload can never be persisted (it goes to the dead-letter queue).
+#[derive(Debug, thiserror::Error)]
+pub enum MessageError {
+    #[error("payload is not a data message: {0}")]
+    Malformed(#[from] serde_json::Error),
+    #[error("payload carries an invalid value: {0}")]
+    InvalidValue(#[from] ValueError),
+}
+
+impl DataMessage {
+    /// A new message for a value accepted now, with a fresh time-ordered id.
+    pub fn accept(value: String) -> Self {
+        Self {
+            id: Uuid::now_v7(),
+            value,
+            accepted_at: OffsetDateTime::now_utc(),
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a data message always serialises")
+    }
+
+    /// Parses and re-validates a payload: the consumer trusts nothing on the wire.
+    pub fn decode(payload: &[u8]) -> Result<Self, MessageError> {
+        let message: Self = serde_json::from_slice(payload)?;
+        validate_value(&message.value)?;
+        Ok(message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_survives_a_round_trip() {
+        let message = DataMessage::accept("hello ☃".into());
+        let decoded = DataMessage::decode(&message.encode()).unwrap();
+        assert_eq!(decoded, message);
+    }
+
+    #[test]
+    fn the_wire_format_has_the_documented_fields() {
+        let message = DataMessage {
+            id: Uuid::nil(),
+            value: "v".into(),
+            accepted_at: time::macros::datetime!(2026-01-02 03:04:05 UTC),
+        };
+        let json: serde_json::Value = serde_json::from_slice(&message.encode()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "id": "00000000-0000-0000-0000-000000000000",
+                "value": "v",
+                "accepted_at": "2026-01-02T03:04:05Z"
+            })
+        );
+    }
+
+    #[test]
+    fn accepted_ids_are_uuid_v7_and_increase() {
+        let first = DataMessage::accept("a".into());
+        let second = DataMessage::accept("b".into());
+        assert_eq!(first.id.get_version_num(), 7);
+        assert!(second.id > first.id);
+    }
+
+    #[test]
+    fn malformed_payloads_are_refused() {
+        let bad: [&[u8]; 6] = [
+            b"",
+            b"not json",
+            b"{}",
+            br#"{"id":"nope","value":"v","accepted_at":"2026-01-02T03:04:05Z"}"#,
+            br#"{"id":"00000000-0000-0000-0000-000000000000","value":"v"}"#,
+            br#"{"id":"00000000-0000-0000-0000-000000000000","value":"","accepted_at":"2026-01-02T03:04:05Z"}"#,
+        ];
+        for payload in bad {
+            assert!(DataMessage::decode(payload).is_err(), "{payload:?}");
+        }
+    }
+
+    #[test]
+    fn an_over_long_value_is_refused() {
+        let message = DataMessage::accept("x".repeat(8193));
+        assert!(matches!(
+            DataMessage::decode(&message.encode()),
+            Err(MessageError::InvalidValue(ValueError::TooLong(8193)))
+        ));
+    }
+}

@@ -1,0 +1,85 @@
+//! The accept loop shared by every svc listener: hyper with a timer (so the
+//! header-read timeout really fires, unlike with `axum::serve`), TCP_NODELAY,
+//! and a graceful shutdown that stops accepting, lets in-flight requests
+//! finish within a grace period, and closes idle keep-alive connections.
+
+use std::{net::SocketAddr, time::Duration};
+
+use axum::{Router, extract::ConnectInfo};
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto, graceful::GracefulShutdown},
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+#[derive(Debug, Clone, Copy)]
+pub struct ServerSettings {
+    /// A client that has not sent its request headers within this is dropped.
+    pub header_timeout: Duration,
+    /// How long in-flight requests may run on after shutdown begins.
+    pub grace: Duration,
+}
+
+/// Serves `router` on `listener` until `shutdown` is cancelled, then drains.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    settings: ServerSettings,
+    shutdown: CancellationToken,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_timeout)
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new());
+    let graceful = GracefulShutdown::new();
+
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(err) => {
+                    // Out of file descriptors or similar: back off instead of spinning.
+                    tracing::warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let service = service_fn(move |mut request: hyper::Request<Incoming>| {
+            request
+                .extensions_mut()
+                .insert(ConnectInfo::<SocketAddr>(peer));
+            router.clone().oneshot(request)
+        });
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(error = %err, %peer, "connection ended with an error");
+            }
+        });
+    }
+
+    drop(listener);
+    tracing::info!(
+        connections = graceful.count(),
+        "stopped accepting; draining in-flight requests"
+    );
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = tokio::time::sleep(settings.grace) => {
+            tracing::warn!(grace_secs = settings.grace.as_secs(), "grace period over; closing remaining connections");
+        }
+    }
+}

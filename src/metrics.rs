@@ -1,0 +1,57 @@
+//! The process-wide Prometheus recorder and the names of svc's metrics.
+//!
+//! The recorder is global (the `metrics` facade has one per process), so it
+//! is installed once, on first use, and every server in the process renders
+//! the same registry.
+
+use std::{sync::OnceLock, time::Duration};
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const HTTP_REQUEST_DURATION: &str = "http_request_duration_seconds";
+pub const HTTP_REQUESTS_IN_FLIGHT: &str = "http_requests_in_flight";
+pub const CACHE_HITS: &str = "svc_cache_hits_total";
+pub const CACHE_MISSES: &str = "svc_cache_misses_total";
+pub const CACHE_ERRORS: &str = "svc_cache_errors_total";
+pub const PUBLISH_DURATION: &str = "svc_publish_duration_seconds";
+pub const PUBLISH_FAILURES: &str = "svc_publish_failures_total";
+pub const CONSUMER_BATCH_SIZE: &str = "svc_consumer_batch_size";
+pub const CONSUMER_INSERT_DURATION: &str = "svc_consumer_insert_duration_seconds";
+pub const CONSUMER_MESSAGES: &str = "svc_consumer_messages_total";
+pub const CONSUMER_DB_RETRIES: &str = "svc_consumer_db_retries_total";
+
+/// Latency buckets in seconds: fine below the 500 ms SLO, coarse above it.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+const BATCH_BUCKETS: &[f64] = &[1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The handle that renders the Prometheus text, installing the recorder the
+/// first time it is asked for.
+pub fn handle() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let handle = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+            .and_then(|b| {
+                b.set_buckets_for_metric(Matcher::Full(CONSUMER_BATCH_SIZE.into()), BATCH_BUCKETS)
+            })
+            .expect("bucket lists are not empty")
+            .install_recorder()
+            .expect("the metrics recorder is installed once per process");
+        let upkeep = handle.clone();
+        // Upkeep drains histogram samples into buckets; without it an idle
+        // exporter would hold samples until the next scrape.
+        std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(Duration::from_secs(5));
+                    upkeep.run_upkeep();
+                }
+            })
+            .expect("can spawn the metrics upkeep thread");
+        handle
+    })
+}

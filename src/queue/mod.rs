@@ -1,0 +1,58 @@
+//! How accepted writes travel from `serve` to `consume`: RabbitMQ with
+//! publisher confirms. Handlers see only [`Publisher`].
+
+pub mod publisher;
+pub mod topology;
+
+use async_trait::async_trait;
+
+pub use publisher::RabbitPublisher;
+pub use topology::Topology;
+
+use crate::domain::DataMessage;
+
+/// Why a write could not be handed to the broker. Every variant means the
+/// client must not be told 202.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("no connection to the broker")]
+    Unavailable,
+    #[error("the broker did not confirm within {0:?}")]
+    Timeout(std::time::Duration),
+    #[error("the broker refused the message (nack)")]
+    Nacked,
+    #[error("the message was returned unroutable: no queue is bound")]
+    Returned,
+    #[error("broker error")]
+    Broker(#[from] lapin::Error),
+}
+
+impl PublishError {
+    /// A short label for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Unavailable => "unavailable",
+            Self::Timeout(_) => "timeout",
+            Self::Nacked => "nack",
+            Self::Returned => "returned",
+            Self::Broker(_) => "broker_error",
+        }
+    }
+}
+
+#[async_trait]
+pub trait Publisher: Send + Sync + 'static {
+    /// Publishes one persistent message and resolves once the broker has
+    /// confirmed that it is stored in a queue.
+    async fn publish(&self, message: &DataMessage) -> Result<(), PublishError>;
+
+    /// Whether a broker connection is currently up.
+    fn is_connected(&self) -> bool;
+}
+
+/// Opens a broker connection with a recognisable name in the management UI.
+pub async fn connect(url: &str, role: &str) -> lapin::Result<lapin::Connection> {
+    let name = format!("svc {role} (pid {})", std::process::id());
+    let properties = lapin::ConnectionProperties::default().with_connection_name(name.into());
+    lapin::Connection::connect(url, properties).await
+}

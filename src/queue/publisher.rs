@@ -1,0 +1,243 @@
+//! [`Publisher`] on RabbitMQ: one connection, a small pool of long-lived
+//! channels in confirm mode, each carrying many unconfirmed messages at once.
+//!
+//! A request never opens a channel. When the connection is lost, publishes
+//! fail at once (the API answers 503) while one background task reconnects
+//! with backoff and re-declares the topology.
+
+use std::{
+    sync::{
+        Arc, RwLock, Weak,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use async_trait::async_trait;
+use lapin::{
+    BasicProperties, Channel, Confirmation, Connection,
+    options::{BasicPublishOptions, ConfirmSelectOptions},
+};
+
+use super::{PublishError, Publisher, Topology, connect};
+use crate::{
+    backoff::Backoff, config::SecretUrl, domain::DataMessage, metrics, telemetry::error_chain,
+};
+
+#[derive(Debug, Clone)]
+pub struct PublisherSettings {
+    pub url: SecretUrl,
+    pub topology: Topology,
+    pub channels: u32,
+    pub confirm_timeout: Duration,
+}
+
+/// A live connection with its channels.
+struct Link {
+    connection: Connection,
+    channels: Vec<Channel>,
+}
+
+impl Link {
+    fn is_up(&self) -> bool {
+        self.connection.status().connected() && self.channels.iter().all(|c| c.status().connected())
+    }
+}
+
+pub struct RabbitPublisher {
+    settings: PublisherSettings,
+    link: RwLock<Option<Arc<Link>>>,
+    next_channel: AtomicUsize,
+    reconnecting: AtomicBool,
+    this: Weak<Self>,
+}
+
+impl RabbitPublisher {
+    /// Creates the publisher and connects in the background; until the
+    /// broker answers, publishes fail fast with [`PublishError::Unavailable`].
+    pub fn start(settings: PublisherSettings) -> Arc<Self> {
+        let publisher = Arc::new_cyclic(|this| Self {
+            settings,
+            link: RwLock::new(None),
+            next_channel: AtomicUsize::new(0),
+            reconnecting: AtomicBool::new(false),
+            this: this.clone(),
+        });
+        publisher.reconnect();
+        publisher.watch();
+        publisher
+    }
+
+    /// Connects now and waits for it, for callers that want to fail early.
+    pub async fn wait_connected(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.current().is_some() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    fn current(&self) -> Option<Arc<Link>> {
+        let link = self.link.read().expect("lock is never poisoned").clone()?;
+        link.is_up().then_some(link)
+    }
+
+    /// Starts the reconnect task unless one is already running.
+    fn reconnect(&self) {
+        if self.reconnecting.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Some(this) = self.this.upgrade() else {
+            return;
+        };
+        tokio::spawn(async move {
+            let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+            loop {
+                match this.open_link().await {
+                    Ok(link) => {
+                        let old = this
+                            .link
+                            .write()
+                            .expect("lock is never poisoned")
+                            .replace(Arc::new(link));
+                        if let Some(old) = old {
+                            tokio::spawn(async move {
+                                let _ = old.connection.close(200, "reconnected".into()).await;
+                            });
+                        }
+                        tracing::info!(url = %this.settings.url, "publisher connected to the broker");
+                        break;
+                    }
+                    Err(err) => {
+                        let delay = backoff.next_delay();
+                        tracing::warn!(
+                            url = %this.settings.url,
+                            error = %error_chain(&err),
+                            retry_in_ms = delay.as_millis() as u64,
+                            "publisher cannot reach the broker"
+                        );
+                        tokio::time::sleep(delay).await;
+                    }
+                }
+                if Arc::strong_count(&this) == 1 {
+                    break; // the publisher was dropped
+                }
+            }
+            this.reconnecting.store(false, Ordering::Release);
+        });
+    }
+
+    /// Notices a dead connection even while no request is publishing, so
+    /// readiness turns red and recovery starts without waiting for traffic.
+    fn watch(&self) {
+        let this = self.this.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let Some(publisher) = this.upgrade() else {
+                    return;
+                };
+                if publisher.current().is_none() {
+                    publisher.reconnect();
+                }
+            }
+        });
+    }
+
+    async fn open_link(&self) -> lapin::Result<Link> {
+        let connection = connect(self.settings.url.expose(), "serve").await?;
+        let mut channels = Vec::with_capacity(self.settings.channels as usize);
+        for _ in 0..self.settings.channels {
+            let channel = connection.create_channel().await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            channels.push(channel);
+        }
+        self.settings.topology.declare(&channels[0]).await?;
+        Ok(Link {
+            connection,
+            channels,
+        })
+    }
+
+    async fn publish_on(
+        &self,
+        channel: &Channel,
+        message: &DataMessage,
+    ) -> Result<(), PublishError> {
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2) // persistent
+            .with_content_type("application/json".into())
+            .with_message_id(message.id.to_string().into());
+        let confirm = channel
+            .basic_publish(
+                self.settings.topology.exchange.as_str().into(),
+                self.settings.topology.routing_key().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                &message.encode(),
+                properties,
+            )
+            .await?;
+        match confirm.await? {
+            Confirmation::Ack(None) => Ok(()),
+            // The broker confirms an unroutable mandatory message too; only the
+            // basic.return attached to it says that no queue holds it.
+            Confirmation::Ack(Some(_)) => Err(PublishError::Returned),
+            Confirmation::Nack(_) => Err(PublishError::Nacked),
+            Confirmation::NotRequested => Err(PublishError::Nacked),
+        }
+    }
+}
+
+#[async_trait]
+impl Publisher for RabbitPublisher {
+    async fn publish(&self, message: &DataMessage) -> Result<(), PublishError> {
+        let started = Instant::now();
+        let result = match self.current() {
+            None => {
+                self.reconnect();
+                Err(PublishError::Unavailable)
+            }
+            Some(link) => {
+                let index = self.next_channel.fetch_add(1, Ordering::Relaxed) % link.channels.len();
+                let channel = &link.channels[index];
+                match tokio::time::timeout(
+                    self.settings.confirm_timeout,
+                    self.publish_on(channel, message),
+                )
+                .await
+                {
+                    Ok(result) => result,
+                    Err(_) => Err(PublishError::Timeout(self.settings.confirm_timeout)),
+                }
+            }
+        };
+        match &result {
+            Ok(()) => {
+                ::metrics::histogram!(metrics::PUBLISH_DURATION)
+                    .record(started.elapsed().as_secs_f64());
+            }
+            Err(err) => {
+                ::metrics::counter!(metrics::PUBLISH_FAILURES, "reason" => err.reason())
+                    .increment(1);
+                if matches!(err, PublishError::Broker(_)) {
+                    // A channel error closes the channel: start over on a fresh link.
+                    self.reconnect();
+                }
+            }
+        }
+        result
+    }
+
+    fn is_connected(&self) -> bool {
+        self.current().is_some()
+    }
+}

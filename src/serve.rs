@@ -1,0 +1,115 @@
+//! `svc serve`: builds the API's components from settings, binds, and runs
+//! until the shutdown signal. Built in two steps so tests can bind port 0,
+//! read the port, and inject their own components.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use axum::Router;
+use tokio::net::{TcpListener, TcpSocket};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    cache::redis::RedisCache,
+    config::ServeArgs,
+    http::{
+        self, AppState,
+        server::{ServerSettings, serve},
+    },
+    queue::{RabbitPublisher, Topology, publisher::PublisherSettings},
+    storage::postgres::{PoolSettings, PostgresStore, connect_lazy},
+};
+
+/// Pending connections the kernel queues before `accept`: bursts of
+/// thousands of clients must not be refused.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listener with a large backlog and address reuse (fast restarts).
+pub fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if address.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// The real components for `args`. Nothing connects yet: each dependency
+/// connects on first use and recovers by itself, so the API starts (and
+/// reports not-ready) even while a dependency is down.
+pub fn components(args: &ServeArgs) -> anyhow::Result<AppState> {
+    let pool = connect_lazy(&PoolSettings {
+        url: args.read_url().clone(),
+        max_connections: args.postgres.db_max_connections,
+        acquire_timeout: args.postgres.acquire_timeout(),
+        application_name: "svc serve",
+    })
+    .context("cannot configure the database pool")?;
+    let cache = RedisCache::new(&args.redis).context("cannot configure the cache")?;
+    let publisher = RabbitPublisher::start(PublisherSettings {
+        url: args.amqp.amqp_url.clone(),
+        topology: Topology::from_args(&args.amqp.topology),
+        channels: args.publish_channels,
+        confirm_timeout: Duration::from_millis(args.publish_timeout_ms),
+    });
+    Ok(AppState::new(
+        Arc::new(PostgresStore::new(pool)),
+        Arc::new(cache),
+        publisher,
+    ))
+}
+
+/// A bound API server, not yet serving.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    settings: ServerSettings,
+}
+
+impl Application {
+    pub fn build(args: &ServeArgs) -> anyhow::Result<Self> {
+        Self::build_with(args, components(args)?)
+    }
+
+    /// Binds `args.listen` (port 0 picks a free port) and serves `state`.
+    pub fn build_with(args: &ServeArgs, state: AppState) -> anyhow::Result<Self> {
+        let listener =
+            bind(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
+        Ok(Self {
+            listener,
+            router: http::router(state, Duration::from_millis(args.request_timeout_ms)),
+            settings: ServerSettings {
+                header_timeout: Duration::from_millis(args.header_timeout_ms),
+                grace: Duration::from_secs(args.shutdown_grace_secs),
+            },
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains in-flight requests.
+    pub async fn run(self, shutdown: CancellationToken) {
+        serve(self.listener, self.router, self.settings, shutdown).await;
+    }
+}
+
+/// `svc serve`.
+pub async fn run(args: ServeArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let app = Application::build(&args)?;
+    tracing::info!(
+        address = %app.local_addr(),
+        database = %args.read_url(),
+        redis = %args.redis.redis_url,
+        amqp = %args.amqp.amqp_url,
+        "API listening"
+    );
+    app.run(shutdown).await;
+    tracing::info!("API stopped");
+    Ok(())
+}

@@ -1,0 +1,163 @@
+//! [`RecordStore`] on Postgres through a bounded `sqlx` pool.
+
+use std::{str::FromStr, time::Duration};
+
+use async_trait::async_trait;
+use sqlx::{
+    PgPool,
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{RecordStore, StoreError};
+use crate::{
+    config::SecretUrl,
+    domain::{DataMessage, Record},
+};
+
+/// Settings of one pool.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    pub url: SecretUrl,
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+    /// Name shown in `pg_stat_activity`.
+    pub application_name: &'static str,
+}
+
+/// A pool that connects lazily: the process starts even while the database
+/// is down, and each query fails fast (the acquire timeout) until it is back.
+pub fn connect_lazy(settings: &PoolSettings) -> Result<PgPool, sqlx::Error> {
+    let options = PgConnectOptions::from_str(settings.url.expose())?
+        .application_name(settings.application_name)
+        // Bounded server-side work: no statement outlives the request budget.
+        .options([("statement_timeout", "5000")]);
+    Ok(PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .min_connections(0)
+        .acquire_timeout(settings.acquire_timeout)
+        .idle_timeout(Some(Duration::from_secs(300)))
+        .connect_lazy_with(options))
+}
+
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+fn classify(err: sqlx::Error) -> StoreError {
+    match err {
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::WorkerCrashed => StoreError::Unavailable(err),
+        sqlx::Error::Database(ref db)
+            // class 08: connection exception; 57P0x: the server is shutting down or starting;
+            // 53: insufficient resources.
+            if db
+                .code()
+                .is_some_and(|c| c.starts_with("08") || c.starts_with("57P0") || c.starts_with("53")) =>
+        {
+            StoreError::Unavailable(err)
+        }
+        other => StoreError::Query(other),
+    }
+}
+
+type Row = (Uuid, String, OffsetDateTime);
+
+fn to_record((id, value, created_at): Row) -> Record {
+    Record {
+        id,
+        value,
+        created_at,
+    }
+}
+
+/// One statement for the whole batch: insert what is new and, in the same
+/// snapshot, read back the rows that already existed (a redelivery), so the
+/// caller gets every record of the batch in one round trip.
+const INSERT_BATCH: &str = "
+WITH input AS (
+    SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::timestamptz[]) AS t(id, value, accepted_at)
+), inserted AS (
+    INSERT INTO data (id, value, accepted_at)
+    SELECT id, value, accepted_at FROM input
+    ON CONFLICT (id) DO NOTHING
+    RETURNING id, value, created_at
+)
+SELECT id, value, created_at FROM inserted
+UNION ALL
+SELECT d.id, d.value, d.created_at FROM data d WHERE d.id IN (SELECT id FROM input)";
+
+#[async_trait]
+impl RecordStore for PostgresStore {
+    async fn get(&self, id: Uuid) -> Result<Option<Record>, StoreError> {
+        sqlx::query_as::<_, Row>("SELECT id, value, created_at FROM data WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map(|row| row.map(to_record))
+            .map_err(classify)
+    }
+
+    async fn list(&self, before: Option<Uuid>, limit: u32) -> Result<Vec<Record>, StoreError> {
+        let rows = match before {
+            Some(before) => sqlx::query_as::<_, Row>(
+                "SELECT id, value, created_at FROM data WHERE id < $1 ORDER BY id DESC LIMIT $2",
+            )
+            .bind(before)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await,
+            None => {
+                sqlx::query_as::<_, Row>(
+                    "SELECT id, value, created_at FROM data ORDER BY id DESC LIMIT $1",
+                )
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+            }
+        };
+        rows.map(|rows| rows.into_iter().map(to_record).collect())
+            .map_err(classify)
+    }
+
+    async fn insert_batch(&self, batch: &[DataMessage]) -> Result<Vec<Record>, StoreError> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<Uuid> = batch.iter().map(|m| m.id).collect();
+        let values: Vec<&str> = batch.iter().map(|m| m.value.as_str()).collect();
+        let accepted: Vec<OffsetDateTime> = batch.iter().map(|m| m.accepted_at).collect();
+        // A single statement is atomic: autocommit makes it its own transaction.
+        sqlx::query_as::<_, Row>(INSERT_BATCH)
+            .bind(&ids)
+            .bind(&values)
+            .bind(&accepted)
+            .fetch_all(&self.pool)
+            .await
+            .map(|rows| rows.into_iter().map(to_record).collect())
+            .map_err(classify)
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+            .map_err(classify)
+    }
+}
