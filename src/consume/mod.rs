@@ -48,7 +48,7 @@ use crate::{
     telemetry::error_chain,
 };
 
-pub use health::ConsumerHealth;
+pub use health::{ConsumerHealth, serve as serve_health};
 
 #[derive(Debug, Clone)]
 pub struct ConsumerSettings {

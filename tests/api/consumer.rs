@@ -1,0 +1,158 @@
+//! `svc consume`: idempotence, dead-lettering, acknowledgement on shutdown.
+
+use std::time::Duration;
+
+use svc::{consume::Consumer, domain::DataMessage};
+
+use crate::helpers::{RunningConsumer, Sandbox, consumer_settings, real_parts};
+
+async fn wait_for_rows(sandbox: &Sandbox, rows: i64) {
+    for _ in 0..400 {
+        if sandbox.row_count().await >= rows {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("expected {rows} rows, have {}", sandbox.row_count().await);
+}
+
+#[tokio::test]
+async fn the_same_message_delivered_twice_makes_one_row() {
+    let sandbox = Sandbox::new().await;
+    let message = DataMessage::accept("once".into());
+    sandbox.publish_raw(&message.encode()).await;
+    sandbox.publish_raw(&message.encode()).await;
+    let other = DataMessage::accept("other".into());
+    sandbox.publish_raw(&other.encode()).await;
+
+    let consumer = RunningConsumer::start(&sandbox, &[]);
+    wait_for_rows(&sandbox, 2).await;
+    // Deliver it again in a later batch, after the row exists.
+    sandbox.publish_raw(&message.encode()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    consumer.stop().await;
+
+    let rows: Vec<(uuid::Uuid, String)> = sqlx::query_as("SELECT id, value FROM data ORDER BY id")
+        .fetch_all(&sandbox.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        rows,
+        vec![(message.id, "once".into()), (other.id, "other".into())]
+    );
+    assert_eq!(sandbox.ready_messages(&sandbox.topology.queue).await, 0);
+    assert_eq!(
+        sandbox
+            .ready_messages(&sandbox.topology.dead_letter_queue)
+            .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_message_lands_in_the_dead_letter_queue_and_the_rest_persist() {
+    let sandbox = Sandbox::new().await;
+    let good = DataMessage::accept("good".into());
+    sandbox.publish_raw(b"this is not json").await;
+    sandbox.publish_raw(&good.encode()).await;
+    let too_long = DataMessage::accept("x".repeat(9000));
+    sandbox.publish_raw(&too_long.encode()).await;
+
+    let consumer = RunningConsumer::start(&sandbox, &[]);
+    wait_for_rows(&sandbox, 1).await;
+    let first = sandbox.take_dead_letter(Duration::from_secs(10)).await;
+    let second = sandbox.take_dead_letter(Duration::from_secs(10)).await;
+    consumer.stop().await;
+
+    assert_eq!(first.as_deref(), Some(&b"this is not json"[..]));
+    assert_eq!(second, Some(too_long.encode()));
+    assert_eq!(sandbox.row_count().await, 1);
+    assert_eq!(sandbox.ready_messages(&sandbox.topology.queue).await, 0);
+}
+
+#[tokio::test]
+async fn shutdown_commits_and_acknowledges_the_batch_in_hand() {
+    let sandbox = Sandbox::new().await;
+    let messages: Vec<DataMessage> = (0..50)
+        .map(|i| DataMessage::accept(format!("m{i}")))
+        .collect();
+    for message in &messages {
+        sandbox.publish_raw(&message.encode()).await;
+    }
+    // A batch that would wait a minute to fill: the messages are in hand,
+    // uncommitted, when shutdown comes.
+    let settings = consumer_settings(
+        &sandbox,
+        &["--batch-size", "1000", "--batch-wait-ms", "60000"],
+    );
+    let (store, cache) = real_parts(&sandbox);
+    let consumer = RunningConsumer::run(Consumer::new(settings, store, cache));
+    for _ in 0..200 {
+        if sandbox.ready_messages(&sandbox.topology.queue).await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        sandbox.row_count().await,
+        0,
+        "nothing committed before shutdown"
+    );
+
+    consumer.stop().await;
+
+    assert_eq!(sandbox.row_count().await, 50);
+    // Acknowledged, not merely released: nothing came back to the queue
+    // when the consumer's connection closed.
+    assert_eq!(sandbox.ready_messages(&sandbox.topology.queue).await, 0);
+}
+
+#[tokio::test]
+async fn the_consumer_serves_its_own_health_and_metrics() {
+    let sandbox = Sandbox::new().await;
+    let args = sandbox.consume_args(&[]);
+    let consumer = svc::consume::build(&args).unwrap();
+    let health = consumer.health();
+    let listener = svc::serve::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let address = listener.local_addr().unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(svc::consume::serve_health(
+        listener,
+        health,
+        shutdown.clone(),
+    ));
+    let running = RunningConsumer::run(consumer);
+
+    let client = reqwest::Client::new();
+    let mut ready = (0, serde_json::Value::Null);
+    for _ in 0..200 {
+        let response = client
+            .get(format!("http://{address}/health/ready"))
+            .send()
+            .await
+            .unwrap();
+        ready = (response.status().as_u16(), response.json().await.unwrap());
+        if ready.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(ready.0, 200, "{}", ready.1);
+    assert_eq!(ready.1["checks"]["rabbitmq"], "ok");
+    let live = client
+        .get(format!("http://{address}/health/live"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), 200);
+    let metrics = client
+        .get(format!("http://{address}/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), 200);
+
+    running.stop().await;
+    shutdown.cancel();
+    server.await.unwrap();
+}

@@ -1,0 +1,11 @@
+//! Integration tests against the real Postgres, Redis and RabbitMQ. One
+//! binary; each test runs in its own sandbox (database, queues, key prefix).
+
+mod consumer;
+mod docs_and_metrics;
+mod errors;
+mod health;
+mod helpers;
+mod list;
+mod migrate;
+mod write_then_read;

@@ -1,0 +1,196 @@
+//! The main flow: POST → 202 → GET pending → consumer → GET 200.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use redis::AsyncCommands;
+use svc::{
+    domain::{DataMessage, Record},
+    http::AppState,
+    queue::{Publisher, RabbitPublisher, publisher::PublisherSettings},
+    storage::{RecordStore, StoreError},
+};
+use uuid::Uuid;
+
+use crate::helpers::{Sandbox, TestApp, real_parts};
+
+#[tokio::test]
+async fn a_write_is_accepted_then_pending_then_readable_with_the_same_value() {
+    let app = TestApp::spawn().await;
+
+    let response = app.post_value("hello, world").await;
+    assert_eq!(response.status(), 202);
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["status"], "accepted");
+    let id: Uuid = body["id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(id.get_version_num(), 7);
+    assert_eq!(location, format!("/data/{id}"));
+
+    // No consumer yet: the write is pending.
+    let (status, body) = app.get(&location).await;
+    assert_eq!(status, 202);
+    assert_eq!(body, serde_json::json!({ "id": id, "status": "pending" }));
+
+    let consumer = app.start_consumer(&[]);
+    let record = app.wait_for_record(id).await;
+    assert_eq!(record["id"], id.to_string());
+    assert_eq!(record["value"], "hello, world");
+    assert!(record["created_at"].is_string());
+
+    // Written through to the cache, pending marker gone.
+    let mut redis = app.sandbox.redis().await;
+    let prefix = &app.sandbox.cache_prefix;
+    let cached: Option<String> = redis.get(format!("{prefix}data:{id}")).await.unwrap();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&cached.unwrap()).unwrap(),
+        record
+    );
+    let pending: bool = redis.exists(format!("{prefix}pending:{id}")).await.unwrap();
+    assert!(!pending);
+
+    consumer.stop().await;
+    assert_eq!(app.sandbox.row_count().await, 1);
+}
+
+#[tokio::test]
+async fn a_record_missing_from_the_cache_is_read_from_the_database_and_cached() {
+    let app = TestApp::spawn().await;
+    let consumer = app.start_consumer(&[]);
+    let id = app.accept("cache me").await;
+    let first = app.wait_for_record(id).await;
+    consumer.stop().await;
+
+    let mut redis = app.sandbox.redis().await;
+    let key = format!("{}data:{id}", app.sandbox.cache_prefix);
+    let _: () = redis.del(&key).await.unwrap();
+
+    let (status, body) = app.get_record(id).await;
+    assert_eq!((status, &body), (200, &first));
+    let ttl: i64 = redis.ttl(&key).await.unwrap();
+    assert!(ttl > 0 && ttl <= 300, "cached with the TTL, got {ttl}");
+}
+
+#[tokio::test]
+async fn an_unknown_id_is_404() {
+    let app = TestApp::spawn().await;
+    let (status, body) = app.get_record(Uuid::now_v7()).await;
+    assert_eq!(status, 404);
+    assert_eq!(body["status"], 404);
+}
+
+#[tokio::test]
+async fn every_response_carries_a_request_id_and_echoes_the_callers() {
+    let app = TestApp::spawn().await;
+    let response = app
+        .client
+        .get(app.url("/health/live"))
+        .send()
+        .await
+        .unwrap();
+    let made = response.headers()["x-request-id"].to_str().unwrap();
+    assert!(Uuid::parse_str(made).is_ok());
+
+    let response = app
+        .client
+        .get(app.url("/data/not-a-uuid"))
+        .header("x-request-id", "trace-me-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], "trace-me-42");
+}
+
+/// A real store that counts reads and makes each one slow enough for
+/// concurrent requests to overlap.
+struct CountingStore {
+    inner: Arc<dyn RecordStore>,
+    reads: AtomicUsize,
+}
+
+#[async_trait]
+impl RecordStore for CountingStore {
+    async fn get(&self, id: Uuid) -> Result<Option<Record>, StoreError> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.inner.get(id).await
+    }
+    async fn list(&self, before: Option<Uuid>, limit: u32) -> Result<Vec<Record>, StoreError> {
+        self.inner.list(before, limit).await
+    }
+    async fn insert_batch(&self, batch: &[DataMessage]) -> Result<Vec<Record>, StoreError> {
+        self.inner.insert_batch(batch).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+}
+
+/// An API whose store is counted and slowed, holding one persisted record
+/// that is not cached.
+async fn app_with_slow_store() -> (TestApp, Arc<CountingStore>, DataMessage) {
+    let sandbox = Sandbox::new().await;
+    let (store, cache) = real_parts(&sandbox);
+    let message = DataMessage::accept("popular".into());
+    store
+        .insert_batch(std::slice::from_ref(&message))
+        .await
+        .unwrap();
+
+    let counting = Arc::new(CountingStore {
+        inner: store,
+        reads: AtomicUsize::new(0),
+    });
+    let args = sandbox.serve_args(&[]);
+    let publisher = RabbitPublisher::start(PublisherSettings {
+        url: args.amqp.amqp_url.clone(),
+        topology: sandbox.topology.clone(),
+        channels: 1,
+        confirm_timeout: Duration::from_secs(1),
+    });
+    let state = AppState::new(counting.clone(), cache, publisher as Arc<dyn Publisher>);
+    (TestApp::start(sandbox, &args, state), counting, message)
+}
+
+#[tokio::test]
+async fn concurrent_misses_for_one_id_make_one_database_query() {
+    let (app, counting, message) = app_with_slow_store().await;
+    let requests = (0..50).map(|_| app.get_record(message.id));
+    let answers = futures_util::future::join_all(requests).await;
+    assert!(
+        answers
+            .iter()
+            .all(|(status, body)| *status == 200 && body["value"] == "popular")
+    );
+    assert_eq!(counting.reads.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn shutdown_lets_in_flight_requests_finish_and_refuses_new_ones() {
+    let (mut app, _counting, message) = app_with_slow_store().await;
+    let client = app.client.clone();
+    let url = app.url(&format!("/data/{}", message.id));
+    let in_flight = tokio::spawn(async move { client.get(url).send().await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    app.stop().await;
+
+    let response = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight request was not cut");
+    assert_eq!(response.status(), 200);
+    assert!(
+        app.client
+            .get(app.url("/health/live"))
+            .send()
+            .await
+            .is_err()
+    );
+}
