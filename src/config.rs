@@ -236,7 +236,7 @@ pub struct ServeArgs {
     pub request_timeout_ms: u64,
 
     /// Longest time a client may take to send its request headers.
-    #[arg(long, env = "SVC_HEADER_TIMEOUT_MS", default_value = "5000", value_parser = parse_positive_u64)]
+    #[arg(long, env = "SVC_HEADER_TIMEOUT_MS", default_value = "10000", value_parser = parse_positive_u64)]
     pub header_timeout_ms: u64,
 
     /// On SIGTERM/SIGINT, how long in-flight requests may take to finish.

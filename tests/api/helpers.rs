@@ -7,7 +7,15 @@
 //! `SVC_TEST_REDIS_URL` and `SVC_TEST_AMQP_URL`. A service that is not
 //! reachable fails the test with a message saying so; nothing is skipped.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use async_trait::async_trait;
 
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties,
@@ -24,9 +32,12 @@ use svc::{
     cli::{self, Command},
     config::{ConsumeArgs, ServeArgs},
     consume::{self, Consumer, ConsumerSettings},
+    domain::{DataMessage, Record},
     http::AppState,
     queue::Topology,
+    queue::{Publisher, RabbitPublisher, publisher::PublisherSettings},
     serve::{self, Application},
+    storage::StoreError,
     storage::{RecordStore, postgres::PostgresStore},
 };
 use tokio::task::JoinHandle;
@@ -520,4 +531,55 @@ pub async fn assert_problem(response: reqwest::Response, status: u16) -> Value {
         assert!(body[field].is_string(), "problem lacks `{field}`: {body}");
     }
     body
+}
+
+/// A real store that counts reads and makes each one slow enough for
+/// concurrent requests to overlap.
+pub struct CountingStore {
+    inner: Arc<dyn RecordStore>,
+    pub reads: AtomicUsize,
+}
+
+#[async_trait]
+impl RecordStore for CountingStore {
+    async fn get(&self, id: Uuid) -> Result<Option<Record>, StoreError> {
+        self.reads.fetch_add(1, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.inner.get(id).await
+    }
+    async fn list(&self, before: Option<Uuid>, limit: u32) -> Result<Vec<Record>, StoreError> {
+        self.inner.list(before, limit).await
+    }
+    async fn insert_batch(&self, batch: &[DataMessage]) -> Result<Vec<Record>, StoreError> {
+        self.inner.insert_batch(batch).await
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.ping().await
+    }
+}
+
+/// An API whose store is counted and slowed, holding one persisted record
+/// that is not cached.
+pub async fn app_with_slow_store(extra: &[&str]) -> (TestApp, Arc<CountingStore>, DataMessage) {
+    let sandbox = Sandbox::new().await;
+    let (store, cache) = real_parts(&sandbox);
+    let message = DataMessage::accept("popular".into());
+    store
+        .insert_batch(std::slice::from_ref(&message))
+        .await
+        .unwrap();
+
+    let counting = Arc::new(CountingStore {
+        inner: store,
+        reads: AtomicUsize::new(0),
+    });
+    let args = sandbox.serve_args(extra);
+    let publisher = RabbitPublisher::start(PublisherSettings {
+        url: args.amqp.amqp_url.clone(),
+        topology: sandbox.topology.clone(),
+        channels: 1,
+        confirm_timeout: Duration::from_secs(1),
+    });
+    let state = AppState::new(counting.clone(), cache, publisher as Arc<dyn Publisher>);
+    (TestApp::start(sandbox, &args, state), counting, message)
 }

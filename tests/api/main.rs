@@ -6,6 +6,7 @@ mod docs_and_metrics;
 mod errors;
 mod health;
 mod helpers;
+mod limits;
 mod list;
 mod migrate;
 mod write_then_read;

@@ -1,24 +1,11 @@
 //! The main flow: POST → 202 → GET pending → consumer → GET 200.
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::Duration,
-};
+use std::{sync::atomic::Ordering, time::Duration};
 
-use async_trait::async_trait;
 use redis::AsyncCommands;
-use svc::{
-    domain::{DataMessage, Record},
-    http::AppState,
-    queue::{Publisher, RabbitPublisher, publisher::PublisherSettings},
-    storage::{RecordStore, StoreError},
-};
 use uuid::Uuid;
 
-use crate::helpers::{Sandbox, TestApp, real_parts};
+use crate::helpers::{TestApp, app_with_slow_store};
 
 #[tokio::test]
 async fn a_write_is_accepted_then_pending_then_readable_with_the_same_value() {
@@ -107,60 +94,9 @@ async fn every_response_carries_a_request_id_and_echoes_the_callers() {
     assert_eq!(response.headers()["x-request-id"], "trace-me-42");
 }
 
-/// A real store that counts reads and makes each one slow enough for
-/// concurrent requests to overlap.
-struct CountingStore {
-    inner: Arc<dyn RecordStore>,
-    reads: AtomicUsize,
-}
-
-#[async_trait]
-impl RecordStore for CountingStore {
-    async fn get(&self, id: Uuid) -> Result<Option<Record>, StoreError> {
-        self.reads.fetch_add(1, Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        self.inner.get(id).await
-    }
-    async fn list(&self, before: Option<Uuid>, limit: u32) -> Result<Vec<Record>, StoreError> {
-        self.inner.list(before, limit).await
-    }
-    async fn insert_batch(&self, batch: &[DataMessage]) -> Result<Vec<Record>, StoreError> {
-        self.inner.insert_batch(batch).await
-    }
-    async fn ping(&self) -> Result<(), StoreError> {
-        self.inner.ping().await
-    }
-}
-
-/// An API whose store is counted and slowed, holding one persisted record
-/// that is not cached.
-async fn app_with_slow_store() -> (TestApp, Arc<CountingStore>, DataMessage) {
-    let sandbox = Sandbox::new().await;
-    let (store, cache) = real_parts(&sandbox);
-    let message = DataMessage::accept("popular".into());
-    store
-        .insert_batch(std::slice::from_ref(&message))
-        .await
-        .unwrap();
-
-    let counting = Arc::new(CountingStore {
-        inner: store,
-        reads: AtomicUsize::new(0),
-    });
-    let args = sandbox.serve_args(&[]);
-    let publisher = RabbitPublisher::start(PublisherSettings {
-        url: args.amqp.amqp_url.clone(),
-        topology: sandbox.topology.clone(),
-        channels: 1,
-        confirm_timeout: Duration::from_secs(1),
-    });
-    let state = AppState::new(counting.clone(), cache, publisher as Arc<dyn Publisher>);
-    (TestApp::start(sandbox, &args, state), counting, message)
-}
-
 #[tokio::test]
 async fn concurrent_misses_for_one_id_make_one_database_query() {
-    let (app, counting, message) = app_with_slow_store().await;
+    let (app, counting, message) = app_with_slow_store(&[]).await;
     let requests = (0..50).map(|_| app.get_record(message.id));
     let answers = futures_util::future::join_all(requests).await;
     assert!(
@@ -173,7 +109,7 @@ async fn concurrent_misses_for_one_id_make_one_database_query() {
 
 #[tokio::test]
 async fn shutdown_lets_in_flight_requests_finish_and_refuses_new_ones() {
-    let (mut app, _counting, message) = app_with_slow_store().await;
+    let (mut app, _counting, message) = app_with_slow_store(&[]).await;
     let client = app.client.clone();
     let url = app.url(&format!("/data/{}", message.id));
     let in_flight = tokio::spawn(async move { client.get(url).send().await });

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Runs the full test suite: unit tests and the integration tests against the
+# real PostgreSQL, Redis and RabbitMQ (started first if needed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/services.sh
+if cargo nextest --version >/dev/null 2>&1; then
+    cargo nextest run --locked --no-fail-fast "$@"
+else
+    cargo test --locked --no-fail-fast "$@"
+fi

@@ -1,0 +1,49 @@
+//! The server's own time limits: slow clients and slow requests.
+
+use std::time::{Duration, Instant};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
+
+use crate::helpers::{Sandbox, TestApp, app_with_slow_store, assert_problem};
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    let sandbox = Sandbox::new().await;
+    let args = sandbox.serve_args(&["--header-timeout-ms", "300"]);
+    let state = svc::serve::components(&args).unwrap();
+    let app = TestApp::start(sandbox, &args, state);
+
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let mut stream = TcpStream::connect(&address).await.unwrap();
+    stream
+        .write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buffer = Vec::new();
+    // The server closes the connection (possibly after a 408); it never waits forever.
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut buffer)).await;
+    assert!(read.is_ok(), "the connection was still open after 5 s");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    let text = String::from_utf8_lossy(&buffer);
+    assert!(!text.contains("200 OK"), "{text}");
+}
+
+#[tokio::test]
+async fn a_request_over_the_time_limit_is_503_with_retry_after() {
+    // Each database read takes 200 ms; the request limit is 50 ms.
+    let (app, _counting, message) = app_with_slow_store(&["--request-timeout-ms", "50"]).await;
+    let started = Instant::now();
+    let response = app
+        .client
+        .get(app.url(&format!("/data/{}", message.id)))
+        .send()
+        .await
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_millis(190));
+    assert_eq!(response.headers()["retry-after"], "1");
+    assert_problem(response, 503).await;
+}
