@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 scripts/services.sh
 if cargo nextest --version >/dev/null 2>&1; then
-    cargo nextest run --locked --no-fail-fast "$@"
+    cargo nextest run --workspace --locked --no-fail-fast "$@"
 else
-    cargo test --locked --no-fail-fast "$@"
+    cargo test --workspace --locked --no-fail-fast "$@"
 fi

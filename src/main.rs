@@ -37,19 +37,27 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async move {
-        match cli.command {
+    runtime.block_on(async move {
+        let result = match cli.command {
             Command::Serve(args) => serve::run(args, shutdown::on_signal()).await,
             Command::Consume(args) => consume::run(args, shutdown::on_signal()).await,
             Command::Migrate(args) => migrate::run(args).await,
+            #[cfg(feature = "loadtest")]
+            Command::Loadtest(args) => {
+                let outcome = svc_loadtest::run(args).await;
+                if let svc_loadtest::Outcome::NotRun(reason) = &outcome {
+                    eprintln!("svc loadtest: could not run: {reason}");
+                }
+                return ExitCode::from(outcome.exit_code());
+            }
+        };
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                tracing::error!(error = %format!("{err:#}"), "svc failed");
+                eprintln!("svc: {err:#}");
+                ExitCode::FAILURE
+            }
         }
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            tracing::error!(error = %format!("{err:#}"), "svc failed");
-            eprintln!("svc: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
+    })
 }

@@ -1,0 +1,277 @@
+//! One phase of load, run by goose: users that each send a weighted mix of
+//! GET by id, list and POST, either as closed loops with think time or at a
+//! fixed arrival rate (open model). Every request is timed here, into the
+//! phase's [`PhaseRecorder`], from its intended start to its last body byte.
+
+use std::{
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use goose::{client::GooseClientBuilder, config::GooseConfiguration, prelude::*};
+use rand::Rng;
+use uuid::Uuid;
+
+use crate::{
+    measure::{Failure, PhaseRecorder},
+    mix::{Endpoint, Mix},
+};
+
+/// What the phases share: ids to read, and every id accepted (for the
+/// durability check at the end).
+#[derive(Debug, Default)]
+pub struct Ledger {
+    readable: RwLock<Vec<Uuid>>,
+    accepted: Mutex<Vec<Uuid>>,
+}
+
+impl Ledger {
+    pub fn accept(&self, id: Uuid) {
+        self.accepted.lock().expect("never poisoned").push(id);
+        self.readable.write().expect("never poisoned").push(id);
+    }
+
+    pub fn accepted(&self) -> Vec<Uuid> {
+        self.accepted.lock().expect("never poisoned").clone()
+    }
+
+    /// A known id, or a fresh one (a 404) when nothing was ever accepted.
+    fn random_id(&self) -> Uuid {
+        let ids = self.readable.read().expect("never poisoned");
+        if ids.is_empty() {
+            return Uuid::now_v7();
+        }
+        ids[rand::rng().random_range(0..ids.len())]
+    }
+}
+
+/// The shape of one phase.
+#[derive(Debug, Clone)]
+pub struct PhasePlan {
+    pub name: &'static str,
+    pub host: String,
+    pub users: u32,
+    pub hatch_rate: u32,
+    pub warmup: Duration,
+    pub measured: Duration,
+    pub mix: Mix,
+    pub load: LoadModel,
+    pub request_timeout: Duration,
+    /// Where goose writes its own HTML report of the phase.
+    pub goose_report: std::path::PathBuf,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum LoadModel {
+    /// Each user waits a random think time between requests.
+    Closed {
+        think_min: Duration,
+        think_max: Duration,
+    },
+    /// Requests start at a fixed rate; users bound how many are in flight.
+    Open { per_second: u32 },
+}
+
+impl PhasePlan {
+    pub fn ramp_up(&self) -> Duration {
+        Duration::from_secs_f64(f64::from(self.users) / f64::from(self.hatch_rate))
+    }
+}
+
+/// The fixed arrival schedule of the open model: slot `n` starts at
+/// `start + n × interval`, whoever takes it and however late.
+#[derive(Debug)]
+struct Schedule {
+    start: Instant,
+    interval: Duration,
+    next: AtomicU64,
+}
+
+impl Schedule {
+    async fn next_slot(&self) -> Instant {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let at = self.start + self.interval.mul_f64(n as f64);
+        tokio::time::sleep_until(at.into()).await;
+        at
+    }
+}
+
+struct Workload {
+    recorder: Arc<PhaseRecorder>,
+    ledger: Arc<Ledger>,
+    mix: Mix,
+    schedule: Option<Schedule>,
+}
+
+impl Workload {
+    async fn one_request(&self, user: &mut GooseUser) {
+        let endpoint = self.mix.pick(&mut rand::rng());
+        let intended = match &self.schedule {
+            Some(schedule) => schedule.next_slot().await,
+            None => Instant::now(),
+        };
+        let outcome = match endpoint {
+            Endpoint::GetById => {
+                let path = format!("/data/{}", self.ledger.random_id());
+                let request = GooseRequest::builder()
+                    .path(path.as_str())
+                    .name(endpoint.label())
+                    .build();
+                // 202 is a correct answer for a write not yet persisted.
+                exchange(user, request, &[200, 202]).await.map(|_| ())
+            }
+            Endpoint::List => {
+                let request = GooseRequest::builder()
+                    .path("/data?limit=20")
+                    .name(endpoint.label())
+                    .build();
+                exchange(user, request, &[200]).await.map(|_| ())
+            }
+            Endpoint::Post => {
+                let body = format!(r#"{{"value":"loadtest {}"}}"#, rand::rng().random::<u64>());
+                match user.get_request_builder(&GooseMethod::Post, "/data") {
+                    Ok(builder) => {
+                        let builder = builder
+                            .header("content-type", "application/json")
+                            .body(body);
+                        let request = GooseRequest::builder()
+                            .method(GooseMethod::Post)
+                            .path("/data")
+                            .name(endpoint.label())
+                            .set_request_builder(builder)
+                            .build();
+                        match exchange(user, request, &[202]).await {
+                            Ok(body) => match accepted_id(&body) {
+                                Some(id) => {
+                                    self.ledger.accept(id);
+                                    Ok(())
+                                }
+                                None => Err(Failure::Status),
+                            },
+                            Err(failure) => Err(failure),
+                        }
+                    }
+                    Err(_) => Err(Failure::Connection),
+                }
+            }
+        };
+        self.recorder.record(endpoint, intended, outcome);
+    }
+}
+
+/// Sends one request and reads the whole answer.
+async fn exchange(
+    user: &mut GooseUser,
+    request: GooseRequest<'_>,
+    expected: &[u16],
+) -> Result<Bytes, Failure> {
+    let response = match user.request(request).await {
+        Ok(goose) => goose.response,
+        Err(_) => return Err(Failure::Connection),
+    };
+    let response = response.map_err(classify)?;
+    let status = response.status().as_u16();
+    let body = response.bytes().await.map_err(classify)?;
+    if expected.contains(&status) {
+        Ok(body)
+    } else {
+        Err(Failure::Status)
+    }
+}
+
+fn classify(err: reqwest::Error) -> Failure {
+    if err.is_timeout() {
+        Failure::Timeout
+    } else {
+        Failure::Connection
+    }
+}
+
+fn accepted_id(body: &[u8]) -> Option<Uuid> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    value.get("id")?.as_str()?.parse().ok()
+}
+
+/// goose's `Display` leaves out the option and the reason; its `Debug` has them.
+fn goose_error(err: GooseError) -> anyhow::Error {
+    anyhow::anyhow!("goose: {err:?}")
+}
+
+/// Runs one phase to its end and returns its recorder.
+pub async fn run_phase(
+    plan: &PhasePlan,
+    ledger: Arc<Ledger>,
+) -> anyhow::Result<Arc<PhaseRecorder>> {
+    let ramp_up = plan.ramp_up();
+    let (expected_interval, schedule) = match plan.load {
+        LoadModel::Closed {
+            think_min,
+            think_max,
+        } => (Some((think_min + think_max) / 2), None),
+        LoadModel::Open { per_second } => (
+            None,
+            Some(Schedule {
+                start: Instant::now() + ramp_up,
+                interval: Duration::from_secs_f64(1.0 / f64::from(per_second)),
+                next: AtomicU64::new(0),
+            }),
+        ),
+    };
+    let recorder = Arc::new(PhaseRecorder::new(ramp_up + plan.warmup, expected_interval));
+    let workload = Arc::new(Workload {
+        recorder: recorder.clone(),
+        ledger,
+        mix: plan.mix,
+        schedule,
+    });
+    let transaction: TransactionFunction = Arc::new(move |user| {
+        let workload = workload.clone();
+        Box::pin(async move {
+            workload.one_request(user).await;
+            Ok(())
+        })
+    });
+
+    let mut scenario =
+        scenario!("svc").register_transaction(Transaction::new(transaction).set_name("mix"));
+    if let LoadModel::Closed {
+        think_min,
+        think_max,
+    } = plan.load
+    {
+        scenario = scenario
+            .set_wait_time(think_min, think_max)
+            .map_err(goose_error)?;
+    }
+
+    let mut configuration = GooseConfiguration::default();
+    configuration.host = Some(plan.host.clone());
+    configuration.users = Some(plan.users as usize);
+    configuration.increase_rate = Some(plan.hatch_rate.to_string());
+    configuration.run_time = Some((plan.warmup + plan.measured).as_secs().to_string());
+    configuration.timeout = Some(plan.request_timeout.as_secs().max(1).to_string());
+    configuration.no_telnet = true;
+    configuration.no_print_metrics = true;
+    configuration.no_error_summary = true;
+    configuration.quiet = 1;
+    configuration.report_file = vec![plan.goose_report.to_string_lossy().into_owned()];
+
+    GooseAttack::initialize_with_config(configuration)
+        .map_err(goose_error)?
+        // One shared client: one connection pool for all users.
+        .set_client_builder_without_cookies(
+            GooseClientBuilder::new()
+                .without_cookies()
+                .timeout(plan.request_timeout),
+        )
+        .map_err(goose_error)?
+        .register_scenario(scenario)
+        .execute()
+        .await
+        .map_err(goose_error)?;
+    Ok(recorder)
+}
