@@ -142,12 +142,18 @@ async fn create(
 
     let message = DataMessage::accept(request.value);
     let id = message.id;
-    // The marker goes first, so the consumer's removal of it always comes after.
-    if let Err(err) = state.cache.mark_pending(id).await {
+    // The marker and the publish go out together. If the consumer's removal of
+    // the marker wins the race, the marker outlives the write: harmless, since
+    // a read of a pending id still looks in the database first.
+    let (marked, published) = tokio::join!(
+        state.cache.mark_pending(id),
+        state.publisher.publish(&message)
+    );
+    if let Err(err) = marked {
         ::metrics::counter!(metrics::CACHE_ERRORS).increment(1);
         tracing::warn!(%id, error = %error_chain(&err), "cannot mark the write pending");
     }
-    if let Err(err) = state.publisher.publish(&message).await {
+    if let Err(err) = published {
         tracing::warn!(%id, error = %error_chain(&err), "write refused: not confirmed by the broker");
         let cache = state.cache.clone();
         tokio::spawn(async move {
