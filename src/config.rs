@@ -93,6 +93,11 @@ fn parse_positive_u64(text: &str) -> Result<u64, String> {
     }
 }
 
+fn parse_u64(text: &str) -> Result<u64, String> {
+    text.parse::<u64>()
+        .map_err(|_| "expected a whole number".to_owned())
+}
+
 fn parse_positive_u32(text: &str) -> Result<u32, String> {
     let n = parse_positive_u64(text)?;
     u32::try_from(n).map_err(|_| "too large".to_owned())
@@ -223,8 +228,13 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub amqp: AmqpArgs,
 
+    /// Memory for the in-process cache of record bodies in front of Redis, in
+    /// MiB (0 turns it off). Records never change, so it is never stale.
+    #[arg(long, env = "SVC_LOCAL_CACHE_MB", default_value = "16", value_parser = parse_u64)]
+    pub local_cache_mb: u64,
+
     /// Long-lived channels used for publishing, each with many confirms in flight.
-    #[arg(long, env = "SVC_PUBLISH_CHANNELS", default_value = "4", value_parser = parse_positive_u32)]
+    #[arg(long, env = "SVC_PUBLISH_CHANNELS", default_value = "2", value_parser = parse_positive_u32)]
     pub publish_channels: u32,
 
     /// Longest wait for the broker's confirm of one write before answering 503.

@@ -11,6 +11,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 pub const HTTP_REQUEST_DURATION: &str = "http_request_duration_seconds";
 pub const HTTP_REQUESTS_IN_FLIGHT: &str = "http_requests_in_flight";
 pub const CACHE_HITS: &str = "svc_cache_hits_total";
+/// Hits served from the in-process layer, without a Redis round trip (a subset of CACHE_HITS).
+pub const CACHE_HITS_MEMORY: &str = "svc_cache_memory_hits_total";
 pub const CACHE_MISSES: &str = "svc_cache_misses_total";
 pub const CACHE_ERRORS: &str = "svc_cache_errors_total";
 pub const PUBLISH_DURATION: &str = "svc_publish_duration_seconds";

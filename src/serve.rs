@@ -10,7 +10,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    cache::redis::RedisCache,
+    cache::{RecordCache, redis::RedisCache, tiered::TieredCache},
     config::ServeArgs,
     http::{
         self, AppState,
@@ -47,7 +47,12 @@ pub fn components(args: &ServeArgs) -> anyhow::Result<AppState> {
         application_name: "svc serve",
     })
     .context("cannot configure the database pool")?;
-    let cache = RedisCache::new(&args.redis).context("cannot configure the cache")?;
+    let redis: Arc<dyn RecordCache> =
+        Arc::new(RedisCache::new(&args.redis).context("cannot configure the cache")?);
+    let cache: Arc<dyn RecordCache> = match args.local_cache_mb {
+        0 => redis,
+        mb => Arc::new(TieredCache::new(redis, mb * 1024 * 1024)),
+    };
     let publisher = RabbitPublisher::start(PublisherSettings {
         url: args.amqp.amqp_url.clone(),
         topology: Topology::from_args(&args.amqp.topology),
@@ -56,7 +61,7 @@ pub fn components(args: &ServeArgs) -> anyhow::Result<AppState> {
     });
     Ok(AppState::new(
         Arc::new(PostgresStore::new(pool)),
-        Arc::new(cache),
+        cache,
         publisher,
     ))
 }

@@ -8,6 +8,7 @@
 //! correctness.
 
 pub mod redis;
+pub mod tiered;
 
 use async_trait::async_trait;
 use bytes::Bytes;

@@ -48,7 +48,8 @@ async fn a_write_is_accepted_then_pending_then_readable_with_the_same_value() {
 
 #[tokio::test]
 async fn a_record_missing_from_the_cache_is_read_from_the_database_and_cached() {
-    let app = TestApp::spawn().await;
+    // Without the in-process layer, which would answer from memory.
+    let app = TestApp::spawn_with(&["--local-cache-mb", "0"]).await;
     let consumer = app.start_consumer(&[]);
     let id = app.accept("cache me").await;
     let first = app.wait_for_record(id).await;
@@ -62,6 +63,35 @@ async fn a_record_missing_from_the_cache_is_read_from_the_database_and_cached() 
     assert_eq!((status, &body), (200, &first));
     let ttl: i64 = redis.ttl(&key).await.unwrap();
     assert!(ttl > 0 && ttl <= 300, "cached with the TTL, got {ttl}");
+}
+
+#[tokio::test]
+async fn a_record_read_once_is_then_served_from_memory() {
+    let app = TestApp::spawn().await;
+    let consumer = app.start_consumer(&[]);
+    let id = app.accept("remember me").await;
+    let first = app.wait_for_record(id).await;
+    consumer.stop().await;
+
+    let mut redis = app.sandbox.redis().await;
+    let key = format!("{}data:{id}", app.sandbox.cache_prefix);
+    let _: () = redis.del(&key).await.unwrap();
+
+    // Neither Redis nor the database is asked: the body comes from memory.
+    let (status, body) = app.get_record(id).await;
+    assert_eq!((status, &body), (200, &first));
+    let refilled: bool = redis.exists(&key).await.unwrap();
+    assert!(!refilled, "served from memory, Redis untouched");
+    let metrics = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("svc_cache_memory_hits_total"));
 }
 
 #[tokio::test]
