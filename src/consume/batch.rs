@@ -32,20 +32,11 @@ where
         () = shutdown.cancelled() => return Collected { items, ended: None },
         next = stream.next() => next,
     };
-    match first {
-        Some(Ok(item)) => items.push(item),
-        Some(Err(err)) => {
-            return Collected {
-                items,
-                ended: Some(Some(err)),
-            };
-        }
-        None => {
-            return Collected {
-                items,
-                ended: Some(None),
-            };
-        }
+    if let Some(ended) = take(first, &mut items) {
+        return Collected {
+            items,
+            ended: Some(ended),
+        };
     }
     let deadline = tokio::time::Instant::now() + wait;
     while items.len() < max {
@@ -55,23 +46,26 @@ where
             () = tokio::time::sleep_until(deadline) => break,
             next = stream.next() => next,
         };
-        match next {
-            Some(Ok(item)) => items.push(item),
-            Some(Err(err)) => {
-                return Collected {
-                    items,
-                    ended: Some(Some(err)),
-                };
-            }
-            None => {
-                return Collected {
-                    items,
-                    ended: Some(None),
-                };
-            }
+        if let Some(ended) = take(next, &mut items) {
+            return Collected {
+                items,
+                ended: Some(ended),
+            };
         }
     }
     Collected { items, ended: None }
+}
+
+/// Keeps a delivered item; returns why the stream stopped if it did.
+fn take<T, E>(next: Option<Result<T, E>>, items: &mut Vec<T>) -> Option<Option<E>> {
+    match next {
+        Some(Ok(item)) => {
+            items.push(item);
+            None
+        }
+        Some(Err(err)) => Some(Some(err)),
+        None => Some(None),
+    }
 }
 
 #[cfg(test)]

@@ -107,12 +107,14 @@ impl Sandbox {
         format!("test.{}", self.name)
     }
 
-    /// `svc serve` flags for this sandbox; `extra` overrides or adds.
-    pub fn serve_args(&self, extra: &[&str]) -> ServeArgs {
+    /// The command line of `svc <command>` in this sandbox: its database,
+    /// queues and key prefix on the shared services, listening on port 0;
+    /// `extra` overrides or adds flags.
+    fn command(&self, command: &str, listen_flag: &str, extra: &[&str]) -> Command {
         let mut args = vec![
             "svc".to_owned(),
-            "serve".into(),
-            "--listen".into(),
+            command.into(),
+            listen_flag.into(),
             "127.0.0.1:0".into(),
             "--database-url".into(),
             self.database_url.clone(),
@@ -128,34 +130,20 @@ impl Sandbox {
             self.cache_prefix.clone(),
         ];
         override_flags(&mut args, extra);
-        match cli::parse(args).expect("valid serve flags").command {
+        cli::parse(args).expect("valid flags").command
+    }
+
+    /// `svc serve` settings for this sandbox.
+    pub fn serve_args(&self, extra: &[&str]) -> ServeArgs {
+        match self.command("serve", "--listen", extra) {
             Command::Serve(args) => args,
             _ => unreachable!(),
         }
     }
 
-    /// `svc consume` flags for this sandbox; `extra` overrides or adds.
+    /// `svc consume` settings for this sandbox.
     pub fn consume_args(&self, extra: &[&str]) -> ConsumeArgs {
-        let mut args = vec![
-            "svc".to_owned(),
-            "consume".into(),
-            "--metrics-listen".into(),
-            "127.0.0.1:0".into(),
-            "--database-url".into(),
-            self.database_url.clone(),
-            "--redis-url".into(),
-            redis_url(),
-            "--amqp-url".into(),
-            amqp_url(),
-            "--queue-prefix".into(),
-            self.queue_prefix(),
-            "--delivery-limit".into(),
-            "3".into(),
-            "--cache-prefix".into(),
-            self.cache_prefix.clone(),
-        ];
-        override_flags(&mut args, extra);
-        match cli::parse(args).expect("valid consume flags").command {
+        match self.command("consume", "--metrics-listen", extra) {
             Command::Consume(args) => args,
             _ => unreachable!(),
         }

@@ -46,18 +46,32 @@ async fn a_write_is_accepted_then_pending_then_readable_with_the_same_value() {
     assert_eq!(app.sandbox.row_count().await, 1);
 }
 
+/// Writes a value, waits until it is readable (which caches it), then deletes
+/// its Redis key. Returns the id, the record, a Redis connection and the key.
+async fn persist_then_evict_from_redis(
+    app: &TestApp,
+    value: &str,
+) -> (
+    Uuid,
+    serde_json::Value,
+    redis::aio::MultiplexedConnection,
+    String,
+) {
+    let consumer = app.start_consumer(&[]);
+    let id = app.accept(value).await;
+    let record = app.wait_for_record(id).await;
+    consumer.stop().await;
+    let mut redis = app.sandbox.redis().await;
+    let key = format!("{}data:{id}", app.sandbox.cache_prefix);
+    let _: () = redis.del(&key).await.unwrap();
+    (id, record, redis, key)
+}
+
 #[tokio::test]
 async fn a_record_missing_from_the_cache_is_read_from_the_database_and_cached() {
     // Without the in-process layer, which would answer from memory.
     let app = TestApp::spawn_with(&["--local-cache-mb", "0"]).await;
-    let consumer = app.start_consumer(&[]);
-    let id = app.accept("cache me").await;
-    let first = app.wait_for_record(id).await;
-    consumer.stop().await;
-
-    let mut redis = app.sandbox.redis().await;
-    let key = format!("{}data:{id}", app.sandbox.cache_prefix);
-    let _: () = redis.del(&key).await.unwrap();
+    let (id, first, mut redis, key) = persist_then_evict_from_redis(&app, "cache me").await;
 
     let (status, body) = app.get_record(id).await;
     assert_eq!((status, &body), (200, &first));
@@ -68,14 +82,7 @@ async fn a_record_missing_from_the_cache_is_read_from_the_database_and_cached() 
 #[tokio::test]
 async fn a_record_read_once_is_then_served_from_memory() {
     let app = TestApp::spawn().await;
-    let consumer = app.start_consumer(&[]);
-    let id = app.accept("remember me").await;
-    let first = app.wait_for_record(id).await;
-    consumer.stop().await;
-
-    let mut redis = app.sandbox.redis().await;
-    let key = format!("{}data:{id}", app.sandbox.cache_prefix);
-    let _: () = redis.del(&key).await.unwrap();
+    let (id, first, mut redis, key) = persist_then_evict_from_redis(&app, "remember me").await;
 
     // Neither Redis nor the database is asked: the body comes from memory.
     let (status, body) = app.get_record(id).await;
