@@ -232,6 +232,32 @@ async fn a_server_answering_5xx_fails_the_error_rate() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_model_charges_a_stalled_server_for_the_requests_it_delayed() {
+    // 100 ms per answer and 5 users can serve 50 requests/s; the load phase
+    // asks for 100/s. Timed from their scheduled start, the waiting requests
+    // show the backlog the server caused, far beyond its 100 ms.
+    let address = start(Behaviour::Slow(Duration::from_millis(100))).await;
+    let dir = tempdir::TempDir::new();
+    let mut args = args(&format!("http://{address}"), dir.path());
+    args.rate = Some(100);
+    args.baseline_rate = Some(5);
+    args.users = 5;
+    args.baseline_users = 5;
+    let outcome = svc_loadtest::run(args).await;
+    let summary = outcome.summary().unwrap();
+    assert_eq!(summary.model, "open");
+    let get = |phase: usize| {
+        summary.phases[phase]
+            .endpoint(svc_loadtest::Endpoint::GetById)
+            .unwrap()
+            .clone()
+    };
+    assert!(get(0).p99_ms < 200.0, "baseline keeps up: {:?}", get(0));
+    assert!(get(1).p50_ms > 200.0, "load falls behind: {:?}", get(1));
+    assert!(failed_gates(&outcome).contains(&GateKind::Slo));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_host_exits_2_with_a_clear_reason() {
     // Bind, then close: nothing listens on this port any more.
     let address = tokio::net::TcpListener::bind("127.0.0.1:0")
