@@ -106,7 +106,7 @@ fn html(summary: &Summary) -> String {
     let _ = write!(
         page,
         r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>svc loadtest: {verdict}</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse}}td,th{{padding:.25em .6em;border-bottom:1px solid #ddd;text-align:right}}th:first-child,td:first-child,th:nth-child(2),td:nth-child(2){{text-align:left}}.pass{{color:#17803d}}.fail{{color:#c0262d}}pre{{background:#f6f6f6;padding:1em}}svg{{background:#fcfcfc;border:1px solid #ddd}}</style></head><body>
+<style>body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse}}td,th{{padding:.25em .6em;border-bottom:1px solid #ddd;text-align:right}}th:first-child,td:first-child,th:nth-child(2),td:nth-child(2){{text-align:left}}.pass{{color:#17803d}}.fail{{color:#c0262d}}pre{{background:#f6f6f6;padding:1em;overflow-x:auto}}svg{{background:#fcfcfc;border:1px solid #ddd}}</style></head><body>
 <h1>svc loadtest — <span class="{verdict}">{verdict}</span></h1>
 <p>Host {host}, started {started}, {model} model, mix {mix}.</p>"#,
         verdict = summary.verdict,
