@@ -93,6 +93,29 @@ fn parse_positive_u64(text: &str) -> Result<u64, String> {
     }
 }
 
+fn parse_api_key(text: &str) -> Result<String, String> {
+    let key = text.trim();
+    if key.len() < 16 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("each key must be at least 16 printable characters, without spaces".into());
+    }
+    Ok(key.to_owned())
+}
+
+fn parse_origin(text: &str) -> Result<String, String> {
+    let origin = text.trim();
+    if origin == "*" {
+        return Ok(origin.to_owned());
+    }
+    let url = Url::parse(origin)
+        .map_err(|_| "expected an origin such as https://app.example.com".to_owned())?;
+    if !matches!(url.scheme(), "http" | "https") || url.path() != "/" || origin.ends_with('/') {
+        return Err(
+            "expected an origin such as https://app.example.com (scheme and host only)".into(),
+        );
+    }
+    Ok(origin.to_owned())
+}
+
 fn parse_u64(text: &str) -> Result<u64, String> {
     text.parse::<u64>()
         .map_err(|_| "expected a whole number".to_owned())
@@ -233,6 +256,26 @@ pub struct ServeArgs {
     #[arg(long, env = "SVC_LOCAL_CACHE_MB", default_value = "16", value_parser = parse_u64)]
     pub local_cache_mb: u64,
 
+    /// Requests in `/data` handlers at once; past it, new ones get 503 at once.
+    #[arg(long, env = "SVC_MAX_IN_FLIGHT", default_value = "8192", value_parser = parse_positive_u32)]
+    pub max_in_flight: u32,
+
+    /// Requests per second one client address may make to `/data` (off when unset).
+    #[arg(long, env = "SVC_RATE_LIMIT_PER_SEC", value_parser = parse_positive_u32)]
+    pub rate_limit_per_sec: Option<u32>,
+
+    /// Requests a client may make at once above its rate (default: one second's worth).
+    #[arg(long, env = "SVC_RATE_LIMIT_BURST", value_parser = parse_positive_u32)]
+    pub rate_limit_burst: Option<u32>,
+
+    /// Comma-separated API keys; when set, `POST /data` needs one of them.
+    #[arg(long, env = "SVC_API_KEYS", value_delimiter = ',', value_parser = parse_api_key, hide_env_values = true)]
+    pub api_keys: Vec<String>,
+
+    /// Comma-separated origins allowed by CORS (`*` for any); CORS is off when unset.
+    #[arg(long, env = "SVC_CORS_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
+    pub cors_origins: Vec<String>,
+
     /// Long-lived channels used for publishing, each with many confirms in flight.
     #[arg(long, env = "SVC_PUBLISH_CHANNELS", default_value = "2", value_parser = parse_positive_u32)]
     pub publish_channels: u32,
@@ -358,6 +401,17 @@ mod tests {
         assert!(parse_prefix("").is_err());
         assert!(parse_prefix("a b").is_err());
         assert!(parse_prefix("a*").is_err());
+    }
+
+    #[test]
+    fn api_keys_and_origins_are_checked() {
+        assert!(parse_api_key("0123456789abcdef").is_ok());
+        assert!(parse_api_key("short").is_err());
+        assert!(parse_api_key("has a space in it!!").is_err());
+        assert!(parse_origin("https://app.example.com").is_ok());
+        assert!(parse_origin("*").is_ok());
+        assert!(parse_origin("https://app.example.com/path").is_err());
+        assert!(parse_origin("app.example.com").is_err());
     }
 
     #[test]

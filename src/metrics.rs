@@ -10,6 +10,8 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const HTTP_REQUEST_DURATION: &str = "http_request_duration_seconds";
 pub const HTTP_REQUESTS_IN_FLIGHT: &str = "http_requests_in_flight";
+pub const HTTP_SHED: &str = "svc_http_shed_total";
+pub const HTTP_RATE_LIMITED: &str = "svc_http_rate_limited_total";
 pub const CACHE_HITS: &str = "svc_cache_hits_total";
 /// Hits served from the in-process layer, without a Redis round trip (a subset of CACHE_HITS).
 pub const CACHE_HITS_MEMORY: &str = "svc_cache_memory_hits_total";

@@ -13,7 +13,7 @@ use crate::{
     cache::{RecordCache, redis::RedisCache, tiered::TieredCache},
     config::ServeArgs,
     http::{
-        self, AppState,
+        self, AppState, HttpSettings,
         server::{ServerSettings, serve},
     },
     queue::{RabbitPublisher, Topology, publisher::PublisherSettings},
@@ -66,6 +66,18 @@ pub fn components(args: &ServeArgs) -> anyhow::Result<AppState> {
     ))
 }
 
+fn http_settings(args: &ServeArgs) -> HttpSettings {
+    HttpSettings {
+        request_timeout: Duration::from_millis(args.request_timeout_ms),
+        max_in_flight: args.max_in_flight as usize,
+        rate_limit: args
+            .rate_limit_per_sec
+            .map(|per_second| (per_second, args.rate_limit_burst.unwrap_or(per_second))),
+        api_keys: args.api_keys.clone(),
+        cors_origins: args.cors_origins.clone(),
+    }
+}
+
 /// A bound API server, not yet serving.
 pub struct Application {
     listener: TcpListener,
@@ -84,7 +96,7 @@ impl Application {
             bind(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
         Ok(Self {
             listener,
-            router: http::router(state, Duration::from_millis(args.request_timeout_ms)),
+            router: http::router(state, &http_settings(args)),
             settings: ServerSettings {
                 header_timeout: Duration::from_millis(args.header_timeout_ms),
                 grace: Duration::from_secs(args.shutdown_grace_secs),

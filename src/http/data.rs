@@ -109,8 +109,11 @@ fn is_json(headers: &HeaderMap) -> bool {
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 401, description = "An API key is required (when `SVC_API_KEYS` is set) and none valid was given", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`value` missing, not a string, empty or over 8,192 bytes", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "Broker unavailable; retry after `Retry-After` seconds", body = Problem, content_type = "application/problem+json",
+        (status = 429, description = "Rate limited; retry after `Retry-After` seconds", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait"))),
+        (status = 503, description = "Broker unavailable or server at capacity; retry after `Retry-After` seconds", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u32, description = "Seconds to wait"))),
     ),
     operation_id = "create_record"
@@ -199,7 +202,9 @@ pub(crate) enum Loaded {
         (status = 202, description = "Accepted but not yet persisted: try again shortly", body = Pending),
         (status = 400, description = "`id` is not a UUID", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such record", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The database is unavailable", body = Problem, content_type = "application/problem+json",
+        (status = 429, description = "Rate limited; retry after `Retry-After` seconds", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait"))),
+        (status = 503, description = "The database is unavailable or the server is at capacity", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u32, description = "Seconds to wait"))),
     ),
     operation_id = "read_record"
@@ -298,7 +303,9 @@ fn json_body(status: StatusCode, body: Bytes) -> Response {
     responses(
         (status = 200, description = "One page of records", body = Page),
         (status = 400, description = "Bad `limit` or `cursor`", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "The database is unavailable", body = Problem, content_type = "application/problem+json",
+        (status = 429, description = "Rate limited; retry after `Retry-After` seconds", body = Problem, content_type = "application/problem+json",
+            headers(("Retry-After" = u32, description = "Seconds to wait"))),
+        (status = 503, description = "The database is unavailable or the server is at capacity", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u32, description = "Seconds to wait"))),
     ),
     operation_id = "list_records"

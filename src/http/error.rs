@@ -31,6 +31,7 @@ pub struct ApiError {
     title: &'static str,
     detail: String,
     retry_after_secs: Option<u32>,
+    www_authenticate: bool,
 }
 
 impl ApiError {
@@ -46,6 +47,7 @@ impl ApiError {
             title,
             detail: detail.into(),
             retry_after_secs: None,
+            www_authenticate: false,
         }
     }
 
@@ -120,6 +122,32 @@ impl ApiError {
         }
     }
 
+    /// Too many requests from this client: try again after `retry_after_secs`.
+    pub fn rate_limited(retry_after_secs: u32) -> Self {
+        Self {
+            retry_after_secs: Some(retry_after_secs),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Too many requests",
+                "this client sent more requests than its rate allows; retry later",
+            )
+        }
+    }
+
+    /// A write without a valid API key.
+    pub fn unauthorized() -> Self {
+        Self {
+            www_authenticate: true,
+            ..Self::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Unauthorized",
+                "writes need an API key: `Authorization: Bearer <key>` or `X-Api-Key: <key>`",
+            )
+        }
+    }
+
     /// An unexpected failure: the cause goes to the log, never to the client.
     pub fn internal(cause: &(dyn std::error::Error + 'static)) -> Self {
         tracing::error!(error = %crate::telemetry::error_chain(cause), "request failed");
@@ -150,6 +178,9 @@ impl IntoResponse for ApiError {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         if let Some(secs) = self.retry_after_secs {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.www_authenticate {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }

@@ -4,13 +4,21 @@
 mod data;
 pub mod docs;
 mod error;
+pub mod guard;
 mod health;
 pub mod observe;
 pub mod server;
 
 use std::{sync::Arc, time::Duration};
 
-use axum::{Router, extract::DefaultBodyLimit, response::IntoResponse};
+use axum::{
+    Router,
+    extract::DefaultBodyLimit,
+    http::{HeaderName, HeaderValue, Method, header},
+    middleware,
+    response::IntoResponse,
+};
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use uuid::Uuid;
 
 pub use error::{ApiError, PROBLEM_JSON, Problem};
@@ -48,11 +56,42 @@ impl AppState {
     }
 }
 
+/// How the API protects itself; see the `SVC_*` settings of `svc serve`.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub request_timeout: Duration,
+    pub max_in_flight: usize,
+    /// Requests per second and burst per client address, when limited.
+    pub rate_limit: Option<(u32, u32)>,
+    /// Keys that writes need; empty: writes are open.
+    pub api_keys: Vec<String>,
+    /// Origins CORS allows; empty: no CORS headers at all.
+    pub cors_origins: Vec<String>,
+}
+
 /// The whole API, ready to serve.
-pub fn router(state: AppState, request_timeout: Duration) -> Router {
+pub fn router(state: AppState, settings: &HttpSettings) -> Router {
     crate::metrics::handle();
-    let api = Router::new()
-        .merge(data::router())
+    // Layers run outermost first: the rate limit, then the key, then the
+    // in-flight bound, so neither floods nor strangers take capacity.
+    let mut data = data::router().route_layer(middleware::from_fn_with_state(
+        guard::InFlightLimit::new(settings.max_in_flight),
+        guard::shed_overload,
+    ));
+    if !settings.api_keys.is_empty() {
+        data = data.route_layer(middleware::from_fn_with_state(
+            guard::ApiKeys::new(&settings.api_keys),
+            guard::require_key,
+        ));
+    }
+    if let Some((per_second, burst)) = settings.rate_limit {
+        data = data.route_layer(middleware::from_fn_with_state(
+            guard::RateLimit::new(per_second, burst),
+            guard::rate_limit,
+        ));
+    }
+    let mut api = Router::new()
+        .merge(data)
         .merge(health::router())
         .with_state(state)
         .merge(observe::metrics_router())
@@ -60,7 +99,39 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
-    observe::layered(api, request_timeout)
+    if let Some(cors) = cors(&settings.cors_origins) {
+        api = api.layer(cors);
+    }
+    observe::layered(api, settings.request_timeout)
+}
+
+/// CORS for the configured origins, or none at all.
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST])
+            .allow_headers([
+                header::CONTENT_TYPE,
+                header::AUTHORIZATION,
+                HeaderName::from_static("x-api-key"),
+                HeaderName::from_static("x-request-id"),
+            ])
+            .expose_headers([
+                header::LOCATION,
+                header::RETRY_AFTER,
+                HeaderName::from_static("x-request-id"),
+            ])
+            .max_age(Duration::from_secs(600)),
+    )
 }
 
 async fn not_found() -> impl IntoResponse {

@@ -1,6 +1,7 @@
 //! Integration tests against the real Postgres, Redis and RabbitMQ. One
 //! binary; each test runs in its own sandbox (database, queues, key prefix).
 
+mod admission;
 mod consumer;
 mod docs_and_metrics;
 mod errors;
