@@ -111,6 +111,13 @@ impl Sandbox {
     /// queues and key prefix on the shared services, listening on port 0;
     /// `extra` overrides or adds flags.
     fn command(&self, command: &str, listen_flag: &str, extra: &[&str]) -> Command {
+        cli::parse(self.flags(command, listen_flag, extra))
+            .expect("valid flags")
+            .command
+    }
+
+    /// The argument list of `svc <command>` in this sandbox (see [`Self::command`]).
+    pub fn flags(&self, command: &str, listen_flag: &str, extra: &[&str]) -> Vec<String> {
         let mut args = vec![
             "svc".to_owned(),
             command.into(),
@@ -130,7 +137,7 @@ impl Sandbox {
             self.cache_prefix.clone(),
         ];
         override_flags(&mut args, extra);
-        cli::parse(args).expect("valid flags").command
+        args
     }
 
     /// `svc serve` settings for this sandbox.
@@ -188,6 +195,30 @@ impl Sandbox {
             .unwrap()
             .await
             .unwrap();
+    }
+
+    /// Publishes many messages on one confirmed channel, as fast as the broker takes them.
+    pub async fn publish_many(&self, messages: &[DataMessage]) {
+        let (_connection, channel) = self.amqp_channel().await;
+        channel.confirm_select(Default::default()).await.unwrap();
+        let mut confirms = Vec::with_capacity(messages.len());
+        for message in messages {
+            confirms.push(
+                channel
+                    .basic_publish(
+                        self.topology.exchange.as_str().into(),
+                        self.topology.routing_key().into(),
+                        BasicPublishOptions::default(),
+                        &message.encode(),
+                        BasicProperties::default().with_delivery_mode(2),
+                    )
+                    .await
+                    .unwrap(),
+            );
+        }
+        for confirm in confirms {
+            assert!(confirm.await.unwrap().is_ack());
+        }
     }
 
     /// Messages ready (not delivered, not unacknowledged) in `queue`.

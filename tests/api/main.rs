@@ -12,4 +12,5 @@ mod limits;
 mod list;
 mod migrate;
 mod proxy;
+mod signals;
 mod write_then_read;
