@@ -17,6 +17,8 @@ pub const CACHE_HITS: &str = "svc_cache_hits_total";
 pub const CACHE_HITS_MEMORY: &str = "svc_cache_memory_hits_total";
 pub const CACHE_MISSES: &str = "svc_cache_misses_total";
 pub const CACHE_ERRORS: &str = "svc_cache_errors_total";
+/// Cache calls skipped because the circuit breaker is open.
+pub const CACHE_SKIPPED: &str = "svc_cache_skipped_total";
 pub const PUBLISH_DURATION: &str = "svc_publish_duration_seconds";
 pub const PUBLISH_FAILURES: &str = "svc_publish_failures_total";
 pub const CONSUMER_BATCH_SIZE: &str = "svc_consumer_batch_size";

@@ -7,6 +7,7 @@
 //! bounded by a short timeout: a slow or absent cache costs speed, never
 //! correctness.
 
+pub mod breaker;
 pub mod redis;
 pub mod tiered;
 
@@ -31,6 +32,8 @@ pub enum CacheError {
     Timeout(std::time::Duration),
     #[error("cache error")]
     Redis(#[from] ::redis::RedisError),
+    #[error("cache skipped: it failed repeatedly and its circuit is open")]
+    CircuitOpen,
 }
 
 #[async_trait]

@@ -1,14 +1,22 @@
 //! [`RecordCache`] on Redis through a self-reconnecting `ConnectionManager`.
 
-use std::time::Duration;
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use uuid::Uuid;
 
-use super::{CacheError, Cached, RecordCache};
-use crate::config::RedisArgs;
+use super::{CacheError, Cached, RecordCache, breaker::Breaker};
+use crate::{config::RedisArgs, metrics};
+
+/// Failures in a row that open the circuit.
+const BREAKER_THRESHOLD: u32 = 3;
+/// How long an open circuit skips Redis before one trial call.
+const BREAKER_COOLDOWN: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 pub struct RedisCache {
@@ -17,6 +25,7 @@ pub struct RedisCache {
     timeout: Duration,
     record_ttl_secs: u64,
     pending_ttl_secs: u64,
+    breaker: Arc<Breaker>,
 }
 
 impl RedisCache {
@@ -36,6 +45,7 @@ impl RedisCache {
             timeout: args.timeout(),
             record_ttl_secs: args.cache_ttl_secs,
             pending_ttl_secs: args.pending_ttl_secs,
+            breaker: Arc::new(Breaker::new(BREAKER_THRESHOLD, BREAKER_COOLDOWN)),
         })
     }
 
@@ -47,14 +57,25 @@ impl RedisCache {
         format!("{}pending:{}", self.prefix, id)
     }
 
+    /// Runs one command within the timeout, through the circuit breaker.
     async fn bounded<T>(
         &self,
         call: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, CacheError> {
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(result) => Ok(result?),
-            Err(_) => Err(CacheError::Timeout(self.timeout)),
+        if !self.breaker.allows(Instant::now()) {
+            ::metrics::counter!(metrics::CACHE_SKIPPED).increment(1);
+            return Err(CacheError::CircuitOpen);
         }
+        let result = match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) => Err(CacheError::Redis(err)),
+            Err(_) => Err(CacheError::Timeout(self.timeout)),
+        };
+        match &result {
+            Ok(_) => self.breaker.succeeded(),
+            Err(_) => self.breaker.failed(Instant::now()),
+        }
+        result
     }
 }
 

@@ -81,6 +81,7 @@ async fn a_consumer_killed_twice_mid_burst_loses_and_duplicates_nothing() {
         .unwrap();
     assert!(status.success(), "consume exits 0 on SIGTERM: {status}");
 
+    eprintln!("consumer killed with SIGKILL at {kills:?} committed rows of 3000");
     assert!(
         kills[0] < 3000 && kills[1] < 3000,
         "killed mid-burst: {kills:?}"
