@@ -69,6 +69,7 @@ pub struct ListParams {
     #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
     limit: Option<String>,
     /// The `next_cursor` of the previous page.
+    #[param(pattern = r"^A[Q-Za-f][A-Za-z0-9_-]{20}[AEIMQUYcgkosw048]$")]
     cursor: Option<String>,
 }
 
