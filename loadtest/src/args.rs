@@ -18,7 +18,7 @@ pub struct LoadtestArgs {
     pub host: String,
 
     /// Users (concurrent clients) in the baseline phase.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
     pub baseline_users: u32,
 
     /// Users (concurrent clients) in the load phase.
@@ -41,8 +41,9 @@ pub struct LoadtestArgs {
     #[arg(long, default_value_t = 5)]
     pub warmup_secs: u64,
 
-    /// Pause of each closed-model user between two requests, `MIN..MAX` in ms.
-    #[arg(long, default_value = "100..500", value_parser = parse_range)]
+    /// Pause of each closed-model user between two requests, `MIN..MAX` in ms
+    /// (the default models a person between two actions).
+    #[arg(long, default_value = "1000..2000", value_parser = parse_range)]
     pub think_time_ms: RangeInclusive<u64>,
 
     /// Weights of the request mix.
