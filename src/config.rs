@@ -85,11 +85,15 @@ fn parse_listen(text: &str) -> Result<SocketAddr, String> {
         .map_err(|_| "expected an address and port such as 0.0.0.0:8000".to_owned())
 }
 
+fn parse_u64(text: &str) -> Result<u64, String> {
+    text.parse::<u64>()
+        .map_err(|_| "expected a whole number".to_owned())
+}
+
 fn parse_positive_u64(text: &str) -> Result<u64, String> {
-    match text.parse::<u64>() {
-        Ok(0) => Err("must be greater than zero".into()),
-        Ok(n) => Ok(n),
-        Err(_) => Err("expected a whole number".into()),
+    match parse_u64(text)? {
+        0 => Err("must be greater than zero".into()),
+        n => Ok(n),
     }
 }
 
@@ -114,11 +118,6 @@ fn parse_origin(text: &str) -> Result<String, String> {
         );
     }
     Ok(origin.to_owned())
-}
-
-fn parse_u64(text: &str) -> Result<u64, String> {
-    text.parse::<u64>()
-        .map_err(|_| "expected a whole number".to_owned())
 }
 
 fn parse_positive_u32(text: &str) -> Result<u32, String> {
