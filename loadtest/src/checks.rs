@@ -6,6 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use anyhow::Context;
 use futures_util::{StreamExt, stream};
 use serde::Serialize;
 use uuid::Uuid;
@@ -23,30 +24,20 @@ pub fn client(timeout: Duration) -> reqwest::Client {
         .expect("a plain HTTP client builds")
 }
 
-/// Fails when nothing answers HTTP at `host`.
-pub async fn reachable(client: &reqwest::Client, host: &str) -> Result<(), String> {
-    let url = format!("{}/health/live", host.trim_end_matches('/'));
-    match client.get(&url).send().await {
-        Ok(_) => Ok(()),
-        Err(err) => Err(format!("{host} cannot be reached: {}", error_chain(&err))),
-    }
-}
-
-fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+/// Fails when nothing answers HTTP at `host` (given without a trailing slash).
+pub async fn reachable(client: &reqwest::Client, host: &str) -> anyhow::Result<()> {
+    client
+        .get(format!("{host}/health/live"))
+        .send()
+        .await
+        .with_context(|| format!("{host} cannot be reached"))?;
+    Ok(())
 }
 
 /// Writes `count` records; each id answered 202 goes into the ledger.
 /// Returns how many were accepted.
 pub async fn seed(client: &reqwest::Client, host: &str, count: u32, ledger: &Ledger) -> usize {
-    let url = format!("{}/data", host.trim_end_matches('/'));
+    let url = format!("{host}/data");
     let ids: Vec<Option<Uuid>> = stream::iter(0..count)
         .map(|i| {
             let client = client.clone();
@@ -100,7 +91,7 @@ pub async fn wait_until_readable(
 ) -> Durability {
     let started = Instant::now();
     let accepted = ids.len();
-    let base = Arc::new(format!("{}/data/", host.trim_end_matches('/')));
+    let base = Arc::new(format!("{host}/data/"));
     let mut missing = ids;
     loop {
         missing = stream::iter(missing)

@@ -83,9 +83,7 @@ async fn try_run(args: &LoadtestArgs) -> anyhow::Result<Outcome> {
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
     let client = checks::client(Duration::from_secs(args.request_timeout_secs));
-    checks::reachable(&client, &host)
-        .await
-        .map_err(anyhow::Error::msg)?;
+    checks::reachable(&client, &host).await?;
 
     let ledger = Arc::new(Ledger::default());
     let seeded = checks::seed(&client, &host, args.seed_records, &ledger).await;

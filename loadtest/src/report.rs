@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::{
     checks::Durability,
     gates::{Gate, Limits},
-    measure::PhaseSummary,
+    measure::{PhaseSummary, TimelinePoint},
 };
 
 /// Everything `summary.json` holds; its schema is documented in the README.
@@ -162,22 +162,23 @@ fn chart(summary: &Summary, series: Series) -> String {
         .map(|p| p.timeline.len() as u64)
         .sum::<u64>()
         .max(1);
-    let lines: Vec<(&str, &str)> = match series {
-        Series::Latency => vec![("p50", "#4c78a8"), ("p95", "#f58518"), ("p99", "#e45756")],
-        Series::Throughput => vec![("requests", "#4c78a8"), ("errors", "#e45756")],
-    };
-    let value = |point: &crate::measure::TimelinePoint, line: &str| match line {
-        "p50" => point.p50_ms,
-        "p95" => point.p95_ms,
-        "p99" => point.p99_ms,
-        "requests" => point.requests as f64,
-        _ => point.errors as f64,
+    type Value = fn(&TimelinePoint) -> f64;
+    let lines: &[(&str, &str, Value)] = match series {
+        Series::Latency => &[
+            ("p50", "#4c78a8", |p| p.p50_ms),
+            ("p95", "#f58518", |p| p.p95_ms),
+            ("p99", "#e45756", |p| p.p99_ms),
+        ],
+        Series::Throughput => &[
+            ("requests", "#4c78a8", |p| p.requests as f64),
+            ("errors", "#e45756", |p| p.errors as f64),
+        ],
     };
     let mut max: f64 = 0.0;
     for phase in &summary.phases {
         for point in &phase.timeline {
-            for (line, _) in &lines {
-                max = max.max(value(point, line));
+            for (_, _, value) in lines {
+                max = max.max(value(point));
             }
         }
     }
@@ -201,11 +202,11 @@ fn chart(summary: &Summary, series: Series) -> String {
             PAD - 6.0,
             phase.name
         );
-        for (line, colour) in &lines {
+        for (_, colour, value) in lines {
             let points: Vec<String> = phase
                 .timeline
                 .iter()
-                .map(|p| format!("{:.1},{:.1}", x(offset + p.second), y(value(p, line))))
+                .map(|p| format!("{:.1},{:.1}", x(offset + p.second), y(value(p))))
                 .collect();
             let _ = write!(
                 svg,
@@ -235,7 +236,7 @@ fn chart(summary: &Summary, series: Series) -> String {
         max,
         H - PAD
     );
-    for (i, (line, colour)) in lines.iter().enumerate() {
+    for (i, (line, colour, _)) in lines.iter().enumerate() {
         let _ = write!(
             svg,
             r#"<text x="{:.1}" y="{:.1}" font-size="12" fill="{colour}">{line}</text>"#,

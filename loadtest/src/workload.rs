@@ -157,16 +157,11 @@ impl Workload {
                             .name(endpoint.label())
                             .set_request_builder(builder)
                             .build();
-                        match exchange(user, request, &[202]).await {
-                            Ok(body) => match accepted_id(&body) {
-                                Some(id) => {
-                                    self.ledger.accept(id);
-                                    Ok(())
-                                }
-                                None => Err(Failure::Status),
-                            },
-                            Err(failure) => Err(failure),
-                        }
+                        exchange(user, request, &[202]).await.and_then(|body| {
+                            let id = accepted_id(&body).ok_or(Failure::Status)?;
+                            self.ledger.accept(id);
+                            Ok(())
+                        })
                     }
                     Err(_) => Err(Failure::Connection),
                 }
