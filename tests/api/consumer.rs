@@ -6,16 +6,6 @@ use svc::{consume::Consumer, domain::DataMessage};
 
 use crate::helpers::{RunningConsumer, Sandbox, consumer_settings, real_parts};
 
-async fn wait_for_rows(sandbox: &Sandbox, rows: i64) {
-    for _ in 0..400 {
-        if sandbox.row_count().await >= rows {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("expected {rows} rows, have {}", sandbox.row_count().await);
-}
-
 #[tokio::test]
 async fn the_same_message_delivered_twice_makes_one_row() {
     let sandbox = Sandbox::new().await;
@@ -26,7 +16,7 @@ async fn the_same_message_delivered_twice_makes_one_row() {
     sandbox.publish_raw(&other.encode()).await;
 
     let consumer = RunningConsumer::start(&sandbox, &[]);
-    wait_for_rows(&sandbox, 2).await;
+    sandbox.wait_for_rows(2).await;
     // Deliver it again in a later batch, after the row exists.
     sandbox.publish_raw(&message.encode()).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -59,7 +49,7 @@ async fn a_malformed_message_lands_in_the_dead_letter_queue_and_the_rest_persist
     sandbox.publish_raw(&too_long.encode()).await;
 
     let consumer = RunningConsumer::start(&sandbox, &[]);
-    wait_for_rows(&sandbox, 1).await;
+    sandbox.wait_for_rows(1).await;
     let first = sandbox.take_dead_letter(Duration::from_secs(10)).await;
     let second = sandbox.take_dead_letter(Duration::from_secs(10)).await;
     consumer.stop().await;

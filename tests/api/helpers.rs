@@ -163,6 +163,17 @@ impl Sandbox {
             .unwrap()
     }
 
+    /// Polls until the table holds at least `rows` rows (10 s at most).
+    pub async fn wait_for_rows(&self, rows: i64) {
+        for _ in 0..400 {
+            if self.row_count().await >= rows {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("expected {rows} rows, have {}", self.row_count().await);
+    }
+
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
         redis::Client::open(redis_url())
             .unwrap()

@@ -19,12 +19,7 @@ async fn paging_through_250_records_visits_each_once_newest_first() {
         .buffer_unordered(16)
         .collect()
         .await;
-    for _ in 0..400 {
-        if app.sandbox.row_count().await == 250 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
+    app.sandbox.wait_for_rows(250).await;
     consumer.stop().await;
     assert_eq!(app.sandbox.row_count().await, 250);
 
