@@ -73,7 +73,8 @@ impl RateLimit {
     pub fn check(&self, client: IpAddr, now: Instant) -> Result<(), Duration> {
         let shard = &self.shards[shard_of(client)];
         let mut buckets = shard.lock().expect("never poisoned");
-        if buckets.len() > SHARD_SOFT_LIMIT {
+        // Only a new client pays for the sweep; known ones never do.
+        if buckets.len() > SHARD_SOFT_LIMIT && !buckets.contains_key(&client) {
             let full_after = Duration::from_secs_f64(self.burst / self.per_second);
             buckets.retain(|_, b| now.saturating_duration_since(b.updated) < full_after);
         }
