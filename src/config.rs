@@ -335,6 +335,10 @@ pub struct ConsumeArgs {
     /// Ceiling of the backoff between retries of a failed database write.
     #[arg(long, env = "SVC_RETRY_MAX_BACKOFF_MS", default_value = "5000", value_parser = parse_positive_u64)]
     pub retry_max_backoff_ms: u64,
+
+    /// How often the depths of the ingest and dead-letter queues are read.
+    #[arg(long, env = "SVC_QUEUE_WATCH_MS", default_value = "5000", value_parser = parse_positive_u64)]
+    pub queue_watch_ms: u64,
 }
 
 impl ConsumeArgs {

@@ -21,10 +21,16 @@ pub const CACHE_ERRORS: &str = "svc_cache_errors_total";
 pub const CACHE_SKIPPED: &str = "svc_cache_skipped_total";
 pub const PUBLISH_DURATION: &str = "svc_publish_duration_seconds";
 pub const PUBLISH_FAILURES: &str = "svc_publish_failures_total";
+/// Publishes sent again, same id, after the connection was lost before the confirm.
+pub const PUBLISH_RETRIES: &str = "svc_publish_retries_total";
 pub const CONSUMER_BATCH_SIZE: &str = "svc_consumer_batch_size";
 pub const CONSUMER_INSERT_DURATION: &str = "svc_consumer_insert_duration_seconds";
 pub const CONSUMER_MESSAGES: &str = "svc_consumer_messages_total";
 pub const CONSUMER_DB_RETRIES: &str = "svc_consumer_db_retries_total";
+/// Messages waiting in a queue, by queue name, as the consumer last saw it.
+pub const QUEUE_MESSAGES: &str = "svc_queue_messages";
+/// Messages seen arriving in the dead-letter queue, whoever put them there.
+pub const DEAD_LETTERED_SEEN: &str = "svc_dead_lettered_total";
 
 /// Latency buckets in seconds: fine below the 500 ms SLO, coarse above it.
 const LATENCY_BUCKETS: &[f64] = &[

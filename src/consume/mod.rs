@@ -10,6 +10,7 @@
 //! hand is finished, committed and acknowledged before the process exits.
 
 mod batch;
+mod depth;
 mod health;
 mod persist;
 
@@ -24,7 +25,7 @@ use std::{
 
 use anyhow::Context;
 use lapin::{
-    Connection,
+    Channel, Connection,
     message::Delivery,
     options::{
         BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions,
@@ -32,7 +33,7 @@ use lapin::{
     },
     types::FieldTable,
 };
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::{
     backoff::Backoff,
@@ -58,6 +59,7 @@ pub struct ConsumerSettings {
     pub batch_wait: Duration,
     pub prefetch: u16,
     pub retry_max_backoff: Duration,
+    pub queue_watch: Duration,
 }
 
 impl ConsumerSettings {
@@ -69,6 +71,7 @@ impl ConsumerSettings {
             batch_wait: Duration::from_millis(args.batch_wait_ms),
             prefetch: args.prefetch(),
             retry_max_backoff: Duration::from_millis(args.retry_max_backoff_ms),
+            queue_watch: Duration::from_millis(args.queue_watch_ms),
         }
     }
 }
@@ -78,6 +81,7 @@ pub struct Consumer {
     store: Arc<dyn RecordStore>,
     cache: Arc<dyn RecordCache>,
     consuming: Arc<AtomicBool>,
+    dead_letters: depth::LastSeen,
 }
 
 impl Consumer {
@@ -91,6 +95,7 @@ impl Consumer {
             store,
             cache,
             consuming: Arc::new(AtomicBool::new(false)),
+            dead_letters: depth::LastSeen::default(),
         }
     }
 
@@ -162,6 +167,15 @@ impl Consumer {
             .await?;
         self.consuming.store(true, Ordering::Release);
         backoff.reset();
+        let watch_stop = CancellationToken::new();
+        let _stop_watch_with_session = watch_stop.clone().drop_guard();
+        tokio::spawn(depth::watch(
+            connection.create_channel().await?,
+            topology.clone(),
+            self.settings.queue_watch,
+            self.dead_letters.clone(),
+            watch_stop,
+        ));
         tracing::info!(queue = %topology.queue, prefetch = self.settings.prefetch, "consuming");
 
         loop {
@@ -172,7 +186,8 @@ impl Consumer {
                 shutdown,
             )
             .await;
-            self.handle_batch(collected.items, shutdown).await?;
+            self.handle_batch(&channel, collected.items, shutdown)
+                .await?;
             if let Some(ended) = collected.ended {
                 return Err(match ended {
                     Some(err) => anyhow::Error::new(err).context("delivery stream failed"),
@@ -197,7 +212,7 @@ impl Consumer {
             &CancellationToken::new(),
         )
         .await;
-        self.handle_batch(leftovers.items, &CancellationToken::new())
+        self.handle_batch(&channel, leftovers.items, &CancellationToken::new())
             .await?;
         close(&channel, &connection).await;
         tracing::info!("consumer stopped cleanly");
@@ -209,6 +224,7 @@ impl Consumer {
     #[tracing::instrument(skip_all, fields(size = deliveries.len()))]
     async fn handle_batch(
         &self,
+        channel: &Channel,
         deliveries: Vec<Delivery>,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
@@ -243,16 +259,17 @@ impl Consumer {
         let Some(last_valid) = last_valid else {
             return Ok(());
         };
+        let (give_up, _stop_watching_channel) = give_up_on_batch(channel, shutdown);
         if !persist::persist(
             &self.store,
             &self.cache,
             &messages,
             self.settings.retry_max_backoff,
-            shutdown,
+            &give_up,
         )
         .await
         {
-            anyhow::bail!("shutdown before the batch was committed");
+            anyhow::bail!("the batch was given up before it was committed");
         }
         // One frame acknowledges the whole batch: every earlier delivery on this
         // channel is either in this batch or was rejected above.
@@ -263,6 +280,30 @@ impl Consumer {
             .context("cannot acknowledge a committed batch (it will be redelivered, harmlessly)")?;
         Ok(())
     }
+}
+
+/// Cancelled on shutdown, or as soon as `channel` closes: the broker then
+/// redelivers the batch (counting one more delivery of each message), so
+/// retrying its write here would only hold the consumer back from reconnecting.
+/// The guard ends the watch when the batch is done.
+fn give_up_on_batch(
+    channel: &Channel,
+    shutdown: &CancellationToken,
+) -> (CancellationToken, DropGuard) {
+    let give_up = shutdown.child_token();
+    let watched = channel.clone();
+    let token = give_up.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        while watched.status().connected() {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = token.cancelled() => return,
+            }
+        }
+        token.cancel();
+    });
+    (give_up.clone(), give_up.drop_guard())
 }
 
 async fn close(channel: &lapin::Channel, connection: &Connection) {

@@ -23,14 +23,14 @@ pub fn decode(payload: &[u8]) -> Result<DataMessage, MessageError> {
 }
 
 /// Persists `messages` (all valid) and refreshes the cache. Returns `false`
-/// only when shutdown interrupted the retries before a commit: then nothing
-/// may be acknowledged.
+/// only when `give_up` (shutdown, or the batch's channel closing) interrupted
+/// the retries before a commit: then nothing may be acknowledged.
 pub async fn persist(
     store: &Arc<dyn RecordStore>,
     cache: &Arc<dyn RecordCache>,
     messages: &[DataMessage],
     max_backoff: Duration,
-    shutdown: &CancellationToken,
+    give_up: &CancellationToken,
 ) -> bool {
     let mut backoff = Backoff::new(Duration::from_millis(50), max_backoff);
     let records = loop {
@@ -52,10 +52,10 @@ pub async fn persist(
                 );
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
-                    () = shutdown.cancelled() => {
+                    () = give_up.cancelled() => {
                         tracing::warn!(
                             messages = messages.len(),
-                            "shutting down before the batch could be persisted; the broker will redeliver it"
+                            "giving up on the batch before it was persisted (shutdown or lost channel); the broker will redeliver it"
                         );
                         return false;
                     }

@@ -3,7 +3,9 @@
 //!
 //! A request never opens a channel. When the connection is lost, publishes
 //! fail at once (the API answers 503) while one background task reconnects
-//! with backoff and re-declares the topology.
+//! with backoff and re-declares the topology. A publish whose connection is
+//! lost between the publish and its confirm is sent once more, with the same
+//! id, on the new connection if it comes up in time.
 
 use std::{
     sync::{
@@ -43,6 +45,10 @@ impl Link {
         self.connection.status().connected() && self.channels.iter().all(|c| c.status().connected())
     }
 }
+
+/// How long a publish whose link was lost waits for the replacement link
+/// before giving up (the publish timeout bounds it too).
+const RELINK_WAIT: Duration = Duration::from_millis(500);
 
 pub struct RabbitPublisher {
     settings: PublisherSettings,
@@ -195,31 +201,62 @@ impl RabbitPublisher {
             Confirmation::NotRequested => Err(PublishError::Nacked),
         }
     }
+
+    /// Publishes on the next channel of the current link. If that link is lost
+    /// before the confirm arrives, the broker may or may not have stored the
+    /// message, so it is published once more, with the same id, on the link
+    /// that replaces it: a duplicate is harmless (the consumer's insert keeps
+    /// one row per id), a silent loss is not. The caller bounds the whole.
+    async fn publish_with_one_retry(&self, message: &DataMessage) -> Result<(), PublishError> {
+        let Some(link) = self.current() else {
+            self.reconnect();
+            return Err(PublishError::Unavailable);
+        };
+        let lost = match self.publish_on(self.pick_channel(&link), message).await {
+            Err(PublishError::Broker(err)) => err,
+            settled => return settled,
+        };
+        self.reconnect();
+        tracing::info!(
+            id = %message.id,
+            error = %lost,
+            "broker connection lost before the confirm; publishing the same id again"
+        );
+        ::metrics::counter!(metrics::PUBLISH_RETRIES).increment(1);
+        let Some(fresh) = self.replacement_for(&link, RELINK_WAIT).await else {
+            return Err(PublishError::Broker(lost));
+        };
+        self.publish_on(self.pick_channel(&fresh), message).await
+    }
+
+    fn pick_channel<'a>(&self, link: &'a Link) -> &'a Channel {
+        let index = self.next_channel.fetch_add(1, Ordering::Relaxed) % link.channels.len();
+        &link.channels[index]
+    }
+
+    /// Waits, at most `within`, for a live link other than `old`.
+    async fn replacement_for(&self, old: &Arc<Link>, within: Duration) -> Option<Arc<Link>> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(link) = self.current().filter(|link| !Arc::ptr_eq(link, old)) {
+                return Some(link);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }
 
 #[async_trait]
 impl Publisher for RabbitPublisher {
     async fn publish(&self, message: &DataMessage) -> Result<(), PublishError> {
         let started = Instant::now();
-        let result = match self.current() {
-            None => {
-                self.reconnect();
-                Err(PublishError::Unavailable)
-            }
-            Some(link) => {
-                let index = self.next_channel.fetch_add(1, Ordering::Relaxed) % link.channels.len();
-                let channel = &link.channels[index];
-                match tokio::time::timeout(
-                    self.settings.confirm_timeout,
-                    self.publish_on(channel, message),
-                )
-                .await
-                {
-                    Ok(result) => result,
-                    Err(_) => Err(PublishError::Timeout(self.settings.confirm_timeout)),
-                }
-            }
-        };
+        let timeout = self.settings.confirm_timeout;
+        let result = tokio::time::timeout(timeout, self.publish_with_one_retry(message))
+            .await
+            .unwrap_or(Err(PublishError::Timeout(timeout)));
         match &result {
             Ok(()) => {
                 ::metrics::histogram!(metrics::PUBLISH_DURATION)

@@ -10,7 +10,55 @@ use crate::helpers::{DEAD_AMQP_URL, Sandbox, TestApp, assert_problem};
 async fn bad_writes_get_their_status_and_queue_nothing() {
     let app = TestApp::spawn().await;
     let json = "application/json";
-    let cases: Vec<(&str, &str, String, u16)> = vec![
+    let cases: Vec<(&str, &str, Vec<u8>, u16)> = vec![
+        (
+            "invalid UTF-8",
+            json,
+            b"{\"value\": \"\xff\xfe\"}".to_vec(),
+            400,
+        ),
+        (
+            "huge integer",
+            json,
+            br#"{"value": 123456789012345678901234567890}"#.to_vec(),
+            422,
+        ),
+        (
+            "number out of range",
+            json,
+            br#"{"value": 1e400}"#.to_vec(),
+            400,
+        ),
+    ];
+    let cases =
+        cases.into_iter().chain(text_cases(json).into_iter().map(
+            |(case, content_type, body, status)| (case, content_type, body.into_bytes(), status),
+        ));
+    for (case, content_type, body, status) in cases {
+        let response = app.post_raw(content_type, body).await;
+        assert_eq!(response.status().as_u16(), status, "{case}");
+        assert_problem(response, status).await;
+    }
+    // A body without a content type at all.
+    let response = app
+        .client
+        .post(app.url("/data"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(response, 415).await;
+
+    assert_eq!(
+        app.sandbox
+            .ready_messages(&app.sandbox.topology.queue)
+            .await,
+        0
+    );
+}
+
+fn text_cases(json: &'static str) -> Vec<(&'static str, &'static str, String, u16)> {
+    vec![
         ("malformed JSON", json, "{\"value\": ".into(), 400),
         ("not JSON at all", json, "hello".into(), 400),
         ("empty body", json, String::new(), 400),
@@ -62,28 +110,7 @@ async fn bad_writes_get_their_status_and_queue_nothing() {
             json!({"value": "x".repeat(70_000)}).to_string(),
             413,
         ),
-    ];
-    for (case, content_type, body, status) in cases {
-        let response = app.post_raw(content_type, body).await;
-        assert_eq!(response.status().as_u16(), status, "{case}");
-        assert_problem(response, status).await;
-    }
-    // A body without a content type at all.
-    let response = app
-        .client
-        .post(app.url("/data"))
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_problem(response, 415).await;
-
-    assert_eq!(
-        app.sandbox
-            .ready_messages(&app.sandbox.topology.queue)
-            .await,
-        0
-    );
+    ]
 }
 
 #[tokio::test]

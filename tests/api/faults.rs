@@ -7,34 +7,11 @@ use svc::domain::DataMessage;
 
 use crate::{
     helpers::{
-        RunningConsumer, Sandbox, TestApp, admin_database_url, amqp_url, assert_problem, redis_url,
+        RunningConsumer, Sandbox, TestApp, admin_database_url, amqp_url, assert_problem,
+        eventually, host_port, redis_url,
     },
     proxy::FaultProxy,
 };
-
-fn host_port(url: &str) -> String {
-    let url = url::Url::parse(url).unwrap();
-    format!(
-        "{}:{}",
-        url.host_str().unwrap(),
-        url.port_or_known_default().unwrap()
-    )
-}
-
-async fn eventually<F, Fut>(what: &str, within: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + within;
-    while Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{what} did not happen within {within:?}");
-}
 
 #[tokio::test]
 async fn with_redis_silent_reads_come_from_postgres_writes_go_on_and_recovery_needs_no_restart() {

@@ -33,6 +33,39 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
 }
 
 #[tokio::test]
+async fn a_client_that_never_finishes_its_body_is_answered_503_and_nothing_is_queued() {
+    let sandbox = Sandbox::new().await;
+    let args = sandbox.serve_args(&["--request-timeout-ms", "300"]);
+    let state = svc::serve::components(&args).unwrap();
+    let app = TestApp::start(sandbox, &args, state);
+
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let mut stream = TcpStream::connect(&address).await.unwrap();
+    stream
+        .write_all(
+            b"POST /data HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"value\": ",
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buffer = vec![0u8; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer)).await;
+    let read = read
+        .expect("answered while the body was still incomplete")
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    let text = String::from_utf8_lossy(&buffer[..read]);
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(text.contains("application/problem+json"), "{text}");
+    assert_eq!(
+        app.sandbox
+            .ready_messages(&app.sandbox.topology.queue)
+            .await,
+        0
+    );
+}
+
+#[tokio::test]
 async fn a_request_over_the_time_limit_is_503_with_retry_after() {
     // Each database read takes 200 ms; the request limit is 50 ms.
     let (app, _counting, message) = app_with_slow_store(&["--request-timeout-ms", "50"]).await;

@@ -2,6 +2,7 @@
 //! binary; each test runs in its own sandbox (database, queues, key prefix).
 
 mod admission;
+mod broker_faults;
 mod consumer;
 mod docs_and_metrics;
 mod errors;

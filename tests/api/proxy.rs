@@ -4,10 +4,16 @@
 
 use std::{
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +35,9 @@ struct State {
 pub struct FaultProxy {
     pub address: SocketAddr,
     state: Arc<Mutex<State>>,
+    /// While set, bytes from the service are read and thrown away: requests
+    /// still arrive, their answers never do.
+    swallow_replies: Arc<AtomicBool>,
     stop: CancellationToken,
 }
 
@@ -46,6 +55,8 @@ impl FaultProxy {
             generation: CancellationToken::new(),
         }));
         let stop = CancellationToken::new();
+        let swallow_replies = Arc::new(AtomicBool::new(false));
+        let accept_swallow = swallow_replies.clone();
         let accept_state = state.clone();
         let accept_stop = stop.clone();
         tokio::spawn(async move {
@@ -70,7 +81,7 @@ impl FaultProxy {
                         });
                     }
                     Mode::Forward => {
-                        tokio::spawn(relay(client, target, generation));
+                        tokio::spawn(relay(client, target, generation, accept_swallow.clone()));
                     }
                 }
             }
@@ -78,6 +89,7 @@ impl FaultProxy {
         Self {
             address,
             state,
+            swallow_replies,
             stop,
         }
     }
@@ -109,7 +121,13 @@ impl FaultProxy {
 
     /// Relays again.
     pub fn restore(&self) {
+        self.swallow_replies.store(false, Ordering::SeqCst);
         self.switch(Mode::Forward);
+    }
+
+    /// Keeps relaying requests but throws the service's answers away.
+    pub fn swallow_replies(&self) {
+        self.swallow_replies.store(true, Ordering::SeqCst);
     }
 }
 
@@ -120,12 +138,42 @@ impl Drop for FaultProxy {
     }
 }
 
-async fn relay(mut client: TcpStream, target: SocketAddr, generation: CancellationToken) {
-    let Ok(mut server) = TcpStream::connect(target).await else {
+async fn relay(
+    client: TcpStream,
+    target: SocketAddr,
+    generation: CancellationToken,
+    swallow_replies: Arc<AtomicBool>,
+) {
+    let Ok(server) = TcpStream::connect(target).await else {
         return;
     };
+    let (client_read, client_write) = client.into_split();
+    let (server_read, server_write) = server.into_split();
+    let never = Arc::new(AtomicBool::new(false));
     tokio::select! {
-        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+        () = pump(client_read, server_write, never) => {}
+        () = pump(server_read, client_write, swallow_replies) => {}
         () = generation.cancelled() => {}
+    }
+}
+
+/// Copies bytes one way until either side closes, dropping them while `swallow` is set.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    swallow: Arc<AtomicBool>,
+) {
+    let mut buffer = vec![0u8; 16 * 1024];
+    loop {
+        let read = match from.read(&mut buffer).await {
+            Ok(0) | Err(_) => return,
+            Ok(read) => read,
+        };
+        if swallow.load(Ordering::SeqCst) {
+            continue;
+        }
+        if to.write_all(&buffer[..read]).await.is_err() {
+            return;
+        }
     }
 }

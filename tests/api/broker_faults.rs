@@ -1,0 +1,197 @@
+//! The broker going away at the worst moments, through a fault proxy each
+//! test owns: between a publish and its confirm, under a running consumer,
+//! and again and again while the consumer holds a message it cannot persist.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use svc::domain::DataMessage;
+
+use crate::{
+    helpers::{
+        RunningConsumer, Sandbox, TestApp, admin_database_url, amqp_url, assert_problem,
+        eventually, host_port,
+    },
+    proxy::FaultProxy,
+};
+
+/// An API whose broker connection runs through `proxy`.
+async fn app_behind(proxy: &FaultProxy) -> TestApp {
+    let sandbox = Sandbox::new().await;
+    let args = sandbox.serve_args(&["--amqp-url", &proxy.url_for(&amqp_url())]);
+    let app = TestApp::start(sandbox, &args, svc::serve::components(&args).unwrap());
+    app.wait_until_ready().await;
+    app
+}
+
+#[tokio::test]
+async fn a_confirm_lost_with_its_connection_is_published_again_and_persisted_once() {
+    let proxy = FaultProxy::start(&host_port(&amqp_url())).await;
+    let app = app_behind(&proxy).await;
+    let queue = app.sandbox.topology.queue.clone();
+
+    // The broker stores the message, but its confirm never reaches svc; then
+    // the connection drops and the proxy relays again.
+    proxy.swallow_replies();
+    let (response, ()) = tokio::join!(app.post_value("confirm lost"), async {
+        eventually(
+            "the broker holds the first copy",
+            Duration::from_secs(1),
+            || {
+                let sandbox = &app.sandbox;
+                let queue = queue.clone();
+                async move { sandbox.ready_messages(&queue).await == 1 }
+            },
+        )
+        .await;
+        proxy.restore();
+    });
+    assert_eq!(response.status(), 202, "confirmed on the new connection");
+    let body: Value = response.json().await.unwrap();
+    let id: uuid::Uuid = body["id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        app.sandbox.ready_messages(&queue).await,
+        2,
+        "the same id sits in the queue twice"
+    );
+
+    let consumer = app.start_consumer(&[]);
+    app.sandbox.wait_for_rows(1).await;
+    eventually("the queue drained", Duration::from_secs(10), || async {
+        app.sandbox.ready_messages(&queue).await == 0
+    })
+    .await;
+    consumer.stop().await;
+    assert_eq!(app.sandbox.row_count().await, 1, "one row for the id");
+    assert_eq!(app.get_record(id).await.1["value"], "confirm lost");
+    let metrics = svc::metrics::handle().render();
+    assert!(metrics.contains("svc_publish_retries_total"), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_confirm_lost_while_the_broker_stays_away_is_a_503_never_a_202() {
+    let proxy = FaultProxy::start(&host_port(&amqp_url())).await;
+    let app = app_behind(&proxy).await;
+    let queue = app.sandbox.topology.queue.clone();
+
+    proxy.swallow_replies();
+    let started = Instant::now();
+    let (response, ()) = tokio::join!(app.post_value("confirm lost"), async {
+        eventually(
+            "the broker holds the message",
+            Duration::from_secs(1),
+            || {
+                let sandbox = &app.sandbox;
+                let queue = queue.clone();
+                async move { sandbox.ready_messages(&queue).await == 1 }
+            },
+        )
+        .await;
+        proxy.cut();
+    });
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "bounded by the publish timeout"
+    );
+    assert_eq!(response.headers()["retry-after"], "1");
+    assert_problem(response, 503).await;
+}
+
+#[tokio::test]
+async fn the_consumer_reconnects_by_itself_after_the_broker_comes_back() {
+    let proxy = FaultProxy::start(&host_port(&amqp_url())).await;
+    let sandbox = Sandbox::new().await;
+    let consumer = RunningConsumer::start(&sandbox, &["--amqp-url", &proxy.url_for(&amqp_url())]);
+    let first: Vec<DataMessage> = (0..3)
+        .map(|i| DataMessage::accept(format!("a{i}")))
+        .collect();
+    sandbox.publish_many(&first).await;
+    sandbox.wait_for_rows(3).await;
+
+    proxy.cut();
+    let second: Vec<DataMessage> = (0..3)
+        .map(|i| DataMessage::accept(format!("b{i}")))
+        .collect();
+    sandbox.publish_many(&second).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        sandbox.row_count().await,
+        3,
+        "nothing consumed while cut off"
+    );
+
+    proxy.restore();
+    sandbox.wait_for_rows(6).await;
+    consumer.stop().await;
+    assert_eq!(sandbox.ready_messages(&sandbox.topology.queue).await, 0);
+}
+
+#[tokio::test]
+async fn a_message_redelivered_past_the_delivery_limit_is_dead_lettered_logged_and_counted() {
+    // The database is down, so the consumer holds the message unacknowledged;
+    // each time its broker connection drops, the broker takes the message back
+    // and counts one more delivery, until it dead-letters it.
+    svc::metrics::handle();
+    let broker = FaultProxy::start(&host_port(&amqp_url())).await;
+    let database = FaultProxy::start(&host_port(&admin_database_url())).await;
+    database.cut();
+    let sandbox = Sandbox::new().await;
+    let consumer = RunningConsumer::start(
+        &sandbox,
+        &[
+            "--amqp-url",
+            &broker.url_for(&amqp_url()),
+            "--database-url",
+            &database.url_for(&sandbox.database_url),
+            "--queue-watch-ms",
+            "100",
+            "--retry-max-backoff-ms",
+            "200",
+        ],
+    );
+    let message = DataMessage::accept("never persisted".to_owned());
+    sandbox.publish_many(std::slice::from_ref(&message)).await;
+    let (ingest, dead) = (&sandbox.topology.queue, &sandbox.topology.dead_letter_queue);
+
+    let mut drops = 0;
+    while sandbox.ready_messages(dead).await == 0 {
+        assert!(
+            drops <= 2 * sandbox.topology.delivery_limit,
+            "never dead-lettered"
+        );
+        eventually(
+            "the consumer holds the message",
+            Duration::from_secs(10),
+            || async { sandbox.ready_messages(ingest).await == 0 },
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        broker.restore(); // drops the consumer's connection, relays again
+        drops += 1;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        drops >= sandbox.topology.delivery_limit,
+        "after {drops} drops"
+    );
+
+    let gauge = format!("svc_queue_messages{{queue=\"{dead}\"}} 1");
+    let counter = format!("svc_dead_lettered_total{{queue=\"{dead}\"}} 1");
+    eventually(
+        "the consumer reports the dead letter",
+        Duration::from_secs(10),
+        || {
+            let rendered = svc::metrics::handle().render();
+            let seen = rendered.contains(&gauge) && rendered.contains(&counter);
+            async move { seen }
+        },
+    )
+    .await;
+    consumer.stop().await;
+    assert_eq!(sandbox.row_count().await, 0);
+    let payload = sandbox
+        .take_dead_letter(Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(DataMessage::decode(&payload).unwrap().id, message.id);
+}
