@@ -60,7 +60,11 @@ pub fn components(args: &ServeArgs) -> anyhow::Result<AppState> {
         confirm_timeout: Duration::from_millis(args.publish_timeout_ms),
     });
     Ok(AppState::new(
-        Arc::new(PostgresStore::new(pool)),
+        // A separate read URL means replicas behind PgBouncer, as in production.
+        Arc::new(match args.database_read_url {
+            Some(_) => PostgresStore::behind_transaction_pooler(pool),
+            None => PostgresStore::new(pool),
+        }),
         cache,
         publisher,
     ))

@@ -4,8 +4,9 @@ use std::{str::FromStr, time::Duration};
 
 use async_trait::async_trait;
 use sqlx::{
-    PgPool,
-    postgres::{PgConnectOptions, PgPoolOptions},
+    PgPool, Postgres,
+    postgres::{PgArguments, PgConnectOptions, PgPoolOptions},
+    query::QueryAs,
 };
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -44,15 +45,47 @@ pub fn connect_lazy(settings: &PoolSettings) -> Result<PgPool, sqlx::Error> {
 #[derive(Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// Whether statements are prepared once per connection and reused.
+    prepared: bool,
 }
 
 impl PostgresStore {
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            prepared: true,
+        }
+    }
+
+    /// For a pool that may sit behind PgBouncer in transaction pooling mode,
+    /// which hands each transaction any server connection and so cannot keep
+    /// named prepared statements: every query then uses the unnamed statement.
+    pub fn behind_transaction_pooler(pool: PgPool) -> Self {
+        Self {
+            pool,
+            prepared: false,
+        }
     }
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Runs a read. Without prepared statements, the unnamed statement takes
+    /// two round trips (parse and describe, then bind and execute); behind a
+    /// transaction pooler only an explicit transaction keeps both on the same
+    /// server connection.
+    async fn fetch_rows(
+        &self,
+        query: QueryAs<'_, Postgres, Row, PgArguments>,
+    ) -> Result<Vec<Row>, sqlx::Error> {
+        if self.prepared {
+            return query.fetch_all(&self.pool).await;
+        }
+        let mut transaction = self.pool.begin().await?;
+        let rows = query.persistent(false).fetch_all(&mut *transaction).await?;
+        transaction.commit().await?;
+        Ok(rows)
     }
 }
 
@@ -105,34 +138,25 @@ SELECT d.id, d.value, d.created_at FROM data d WHERE d.id IN (SELECT id FROM inp
 #[async_trait]
 impl RecordStore for PostgresStore {
     async fn get(&self, id: Uuid) -> Result<Option<Record>, StoreError> {
-        sqlx::query_as::<_, Row>("SELECT id, value, created_at FROM data WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map(|row| row.map(to_record))
-            .map_err(classify)
+        let query = sqlx::query_as("SELECT id, value, created_at FROM data WHERE id = $1").bind(id);
+        let rows = self.fetch_rows(query).await.map_err(classify)?;
+        Ok(rows.into_iter().next().map(to_record))
     }
 
     async fn list(&self, before: Option<Uuid>, limit: u32) -> Result<Vec<Record>, StoreError> {
-        let rows = match before {
-            Some(before) => sqlx::query_as::<_, Row>(
+        let query = match before {
+            Some(before) => sqlx::query_as(
                 "SELECT id, value, created_at FROM data WHERE id < $1 ORDER BY id DESC LIMIT $2",
             )
             .bind(before)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await,
+            .bind(i64::from(limit)),
             None => {
-                sqlx::query_as::<_, Row>(
-                    "SELECT id, value, created_at FROM data ORDER BY id DESC LIMIT $1",
-                )
-                .bind(i64::from(limit))
-                .fetch_all(&self.pool)
-                .await
+                sqlx::query_as("SELECT id, value, created_at FROM data ORDER BY id DESC LIMIT $1")
+                    .bind(i64::from(limit))
             }
         };
-        rows.map(|rows| rows.into_iter().map(to_record).collect())
-            .map_err(classify)
+        let rows = self.fetch_rows(query).await.map_err(classify)?;
+        Ok(rows.into_iter().map(to_record).collect())
     }
 
     async fn insert_batch(&self, batch: &[DataMessage]) -> Result<Vec<Record>, StoreError> {
@@ -154,7 +178,8 @@ impl RecordStore for PostgresStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1")
+        // The simple protocol: one round trip, no statement, fine behind any pooler.
+        sqlx::raw_sql("SELECT 1")
             .execute(&self.pool)
             .await
             .map(|_| ())

@@ -13,5 +13,6 @@ mod limits;
 mod list;
 mod migrate;
 mod proxy;
+mod read_path;
 mod signals;
 mod write_then_read;
