@@ -1,0 +1,96 @@
+//! The ceiling for `POST /data`: a bare axum handler that publishes one
+//! persistent message to a quorum queue and answers 202 once the broker has
+//! confirmed it. No validation, no cache, no metrics: only the confirmed
+//! publish, done well (a few long-lived confirm channels, each with many
+//! confirms in flight). `scripts/bench.sh` measures svc against it.
+//!
+//!     cargo run --release --example bare_publish -- 127.0.0.1:18300 amqp://guest:guest@127.0.0.1:5672/%2f bench.bare 4
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
+
+use axum::{Router, body::Bytes, extract::State, http::StatusCode, routing::post};
+use lapin::{
+    BasicProperties, Channel, Connection, ConnectionProperties,
+    options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions},
+    types::{AMQPValue, FieldTable},
+};
+
+struct Publisher {
+    channels: Vec<Channel>,
+    next: AtomicUsize,
+    queue: String,
+}
+
+async fn publish(State(publisher): State<Arc<Publisher>>, body: Bytes) -> StatusCode {
+    let index = publisher.next.fetch_add(1, Ordering::Relaxed) % publisher.channels.len();
+    let confirm = publisher.channels[index]
+        .basic_publish(
+            "".into(),
+            publisher.queue.as_str().into(),
+            BasicPublishOptions::default(),
+            &body,
+            BasicProperties::default().with_delivery_mode(2),
+        )
+        .await;
+    match confirm {
+        Ok(confirm) => match confirm.await {
+            Ok(confirmation) if confirmation.is_ack() => StatusCode::ACCEPTED,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        },
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let address = args.next().unwrap_or_else(|| "127.0.0.1:18300".into());
+    let url = args
+        .next()
+        .unwrap_or_else(|| "amqp://guest:guest@127.0.0.1:5672/%2f".into());
+    let queue = args.next().unwrap_or_else(|| "bench.bare".into());
+    let channel_count: usize = args.next().map_or(Ok(4), |n| n.parse())?;
+
+    let connection = Connection::connect(&url, ConnectionProperties::default()).await?;
+    let mut channels = Vec::with_capacity(channel_count);
+    for _ in 0..channel_count {
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        channels.push(channel);
+    }
+    let mut arguments = FieldTable::default();
+    arguments.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    // A benchmark leaves nothing behind: the queue goes a minute after its last use.
+    arguments.insert("x-expires".into(), AMQPValue::LongInt(60_000));
+    channels[0]
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            arguments,
+        )
+        .await?;
+
+    let publisher = Arc::new(Publisher {
+        channels,
+        next: AtomicUsize::new(0),
+        queue,
+    });
+    let app = Router::new()
+        .route("/data", post(publish))
+        .with_state(publisher);
+    let listener = tokio::net::TcpListener::bind(&address).await?;
+    eprintln!("bare_publish listening on {address}");
+    axum::serve(listener, app).await?;
+    Ok(())
+}

@@ -1,0 +1,415 @@
+#!/usr/bin/env python3
+"""The benchmark behind docs/PERFORMANCE.md, run by scripts/bench.sh.
+
+Every ratio is measured side by side in one run on this machine: svc against a
+bare axum handler with no I/O (examples/bare_axum.rs) for reads, and against a
+bare handler that does nothing but one confirmed publish to a quorum queue
+(examples/bare_publish.rs) for writes. wrk drives every HTTP figure (2 threads,
+a warm-up run that is thrown away, then the measured run), as in the table of
+the FastAPI design it is compared with. Then the whole system: the consumer's
+drain rate of a pre-filled queue, sustained writes with serve and consume
+together, accepted-to-persisted latency at half that rate, memory, CPU time
+per 1,000 requests, and the load-test gate at 5,000 users.
+
+Results go to target/bench/results.json and into docs/PERFORMANCE.md between
+the `bench:start` and `bench:end` markers.
+"""
+
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SVC = ROOT / "target" / "release" / "svc"
+EXAMPLES = ROOT / "target" / "release" / "examples"
+OUT = ROOT / "target" / "bench"
+LUA = ROOT / "scripts" / "bench" / "wrk.lua"
+DOC = ROOT / "docs" / "PERFORMANCE.md"
+
+NAME = "svc_bench"
+API = "127.0.0.1:18400"
+METRICS = "127.0.0.1:19400"
+BARE_AXUM = "127.0.0.1:18200"
+BARE_PUBLISH = "127.0.0.1:18300"
+SECS = int(os.environ.get("BENCH_SECS", "15"))
+WARMUP = int(os.environ.get("BENCH_WARMUP_SECS", "5"))
+SYSTEM_SECS = int(os.environ.get("BENCH_SYSTEM_SECS", "60"))
+GATE_USERS = int(os.environ.get("BENCH_GATE_USERS", "5000"))
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+ENV = {
+    **os.environ,
+    "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{NAME}",
+    "REDIS_URL": "redis://127.0.0.1:6379",
+    "AMQP_URL": "amqp://guest:guest@127.0.0.1:5672/%2f",
+    "SVC_QUEUE_PREFIX": NAME,
+    "SVC_CACHE_PREFIX": f"{NAME}:",
+    "SVC_LOG_FORMAT": "json",
+    "RUST_LOG": os.environ.get("RUST_LOG", "warn"),
+    "SVC_QUEUE_WATCH_MS": "250",
+    "SVC_LISTEN": API,
+    "SVC_METRICS_LISTEN": METRICS,
+}
+
+
+def log(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def sh(*args: str) -> str:
+    return subprocess.run(args, check=True, capture_output=True, text=True, env=ENV).stdout.strip()
+
+
+def sql(query: str) -> str:
+    return sh("psql", "-h", "127.0.0.1", "-U", "postgres", "-d", NAME, "-AtqX", "-c", query)
+
+
+def rows() -> int:
+    return int(sql("select count(*) from data"))
+
+
+class Process:
+    """A server of the benchmark, with its CPU time and memory read from /proc."""
+
+    def __init__(self, name: str, args: list[str]):
+        self.name = name
+        self.log = open(OUT / f"{name}.log", "w")
+        self.popen = subprocess.Popen(args, env=ENV, stdout=self.log, stderr=self.log)
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+    def rss_mib(self) -> float:
+        status = Path(f"/proc/{self.popen.pid}/status").read_text()
+        return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) / 1024
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.terminate()
+            try:
+                self.popen.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+
+
+def wait_http(url: str, within: float = 30) -> None:
+    deadline = time.time() + within
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status < 500:
+                    return
+        except OSError:
+            pass
+        except Exception:  # noqa: BLE001 - 4xx answers mean it is up
+            return
+        time.sleep(0.2)
+    raise SystemExit(f"bench: {url} did not answer within {within} s")
+
+
+class PeakRss(threading.Thread):
+    """Samples a process's resident memory every 200 ms while a run lasts."""
+
+    def __init__(self, process: Process):
+        super().__init__(daemon=True)
+        self.process, self.peak, self.done = process, 0.0, threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            self.peak = max(self.peak, self.process.rss_mib())
+            time.sleep(0.2)
+
+    def stop(self) -> float:
+        self.done.set()
+        self.join()
+        return round(self.peak, 1)
+
+
+def wrk(label: str, address: str, connections: int, mode: str, server: Process, secs: int = SECS,
+        warmup: int = WARMUP) -> dict:
+    """One wrk measurement after a warm-up run, with the server's CPU time and peak memory."""
+    extra = [str(OUT / "ids.txt")] if mode == "get" else []
+    command = ["wrk", "-t2", f"-c{connections}", "--timeout", "5s", "-s", str(LUA)]
+    target = f"http://{address}/data" if mode == "post" else f"http://{address}"
+    if warmup:
+        subprocess.run([*command, f"-d{warmup}s", target, "--", mode, *extra],
+                       check=True, capture_output=True, text=True)
+    cpu_before = server.cpu_seconds()
+    sampler = PeakRss(server)
+    sampler.start()
+    output = subprocess.run([*command, f"-d{secs}s", target, "--", mode, *extra],
+                            check=True, capture_output=True, text=True).stdout
+    peak = sampler.stop()
+    cpu = server.cpu_seconds() - cpu_before
+    line = [line for line in output.splitlines() if line.startswith("{")][-1]
+    result = json.loads(line)
+    seconds = result["duration_us"] / 1e6
+    errors = sum(result["errors"].values())
+    good = result["requests"] - result["errors"]["status"]
+    row = {
+        "label": label, "connections": connections, "requests": result["requests"],
+        "rps": round(good / seconds), "p50_ms": result["p50_us"] / 1000,
+        "p99_ms": result["p99_us"] / 1000, "max_ms": result["max_us"] / 1000,
+        "errors": errors, "errors_by_kind": result["errors"],
+        "cpu_ms_per_1000": round(cpu * 1000 / max(result["requests"], 1) * 1000, 1),
+        "peak_rss_mib": peak,
+    }
+    log(f"{label:<28} c={connections:<5} {row['rps']:>8} req/s  p99 {row['p99_ms']:8.2f} ms  "
+        f"errors {errors}  server CPU {row['cpu_ms_per_1000']} ms/1000 req  RSS {peak} MiB")
+    return row
+
+
+def metric(text: str, name: str, labels: str = "") -> float | None:
+    for line in text.splitlines():
+        if line.startswith(name) and labels in line:
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def queue_depth() -> float | None:
+    try:
+        with urllib.request.urlopen(f"http://{METRICS}/metrics", timeout=2) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    return metric(text, "svc_queue_messages", f'queue="{NAME}.data.ingest"')
+
+
+def fresh_start() -> None:
+    sh("psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-qc",
+       f"DROP DATABASE IF EXISTS {NAME} WITH (FORCE)")
+    keys = subprocess.run(["redis-cli", "--scan", "--pattern", f"{NAME}:*"],
+                          capture_output=True, text=True).stdout.split()
+    for start in range(0, len(keys), 1000):
+        subprocess.run(["redis-cli", "del", *keys[start:start + 1000]], capture_output=True)
+    sh(str(SVC), "migrate")
+    subprocess.run(["rabbitmqctl", "purge_queue", f"{NAME}.data.ingest"], capture_output=True)
+
+
+def drain(consumer: Process, expected: int, within: float = 300) -> dict:
+    """Time until `expected` rows are in Postgres, with the consumer's CPU and memory."""
+    started, before = time.time(), rows()
+    cpu_before = consumer.cpu_seconds()
+    sampler = PeakRss(consumer)
+    sampler.start()
+    while rows() < expected:
+        if time.time() - started > within:
+            raise SystemExit(f"bench: only {rows()} of {expected} rows after {within} s")
+        time.sleep(0.25)
+    elapsed = time.time() - started
+    return {
+        "rows": expected - before, "seconds": round(elapsed, 2),
+        "rows_per_sec": round((expected - before) / elapsed),
+        "peak_rss_mib": sampler.stop(),
+        "cpu_ms_per_1000_rows": round((consumer.cpu_seconds() - cpu_before) * 1e6 / max(expected - before, 1), 1),
+    }
+
+
+def whole_system(serve: Process, consumer: Process) -> dict:
+    """wrk POSTs at full speed for SYSTEM_SECS with the consumer running; the queue's
+    depth is sampled throughout, then the time to drain what is left."""
+    before = rows()
+    depths: list[float] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            depth = queue_depth()
+            if depth is not None:
+                depths.append(depth)
+            time.sleep(0.5)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    row = wrk("whole system, POST", API, 64, "post", serve, secs=SYSTEM_SECS, warmup=0)
+    ended = time.time()
+    accepted = row["requests"] - row["errors_by_kind"]["status"]
+    while rows() < before + accepted and time.time() - ended < 120:
+        time.sleep(0.1)
+    drained_after = time.time() - ended
+    stop.set()
+    sampler.join()
+    return {
+        **row, "accepted": accepted, "writes_per_sec": row["rps"],
+        "max_queue_depth": max(depths, default=0), "drained_after_secs": round(drained_after, 2),
+        "rows_persisted": rows() - before,
+    }
+
+
+def end_to_end(rate: int) -> dict:
+    """Accepted → persisted latency at a fixed arrival rate (svc loadtest's open model):
+    the gap between the API's accepted_at and the row's created_at."""
+    started = sql("select now()")
+    report = OUT / "e2e"
+    subprocess.run(
+        [str(SVC), "loadtest", "--host", f"http://{API}", "--mix", "post=1", "--rate", str(rate),
+         "--baseline-rate", str(max(rate // 10, 1)), "--users", "2000", "--baseline-users", "200",
+         "--baseline-secs", "5", "--load-secs", "30", "--warmup-secs", "3", "--seed-records", "10",
+         "--report-dir", str(report)],
+        env=ENV, capture_output=True, text=True)
+    stats = sql(
+        "select count(*), "
+        "round(1000 * extract(epoch from percentile_cont(0.5) within group (order by created_at - accepted_at))::numeric, 1), "
+        "round(1000 * extract(epoch from percentile_cont(0.99) within group (order by created_at - accepted_at))::numeric, 1), "
+        "round(1000 * extract(epoch from max(created_at - accepted_at))::numeric, 1) "
+        f"from data where accepted_at >= '{started}'")
+    count, p50, p99, worst = stats.split("|")
+    summary = json.loads((report / "summary.json").read_text())
+    result = {"rate": rate, "rows": int(count), "p50_ms": float(p50), "p99_ms": float(p99),
+              "max_ms": float(worst), "loadtest_verdict": summary.get("verdict")}
+    log(f"end to end at {rate}/s: {result}")
+    return result
+
+
+def gate(users: int) -> dict:
+    report = OUT / f"gate-{users}"
+    completed = subprocess.run(
+        [str(SVC), "loadtest", "--host", f"http://{API}", "--users", str(users), "--hatch-rate", "1000",
+         "--baseline-secs", "20", "--load-secs", "30", "--report-dir", str(report)],
+        env=ENV, capture_output=True, text=True)
+    summary = json.loads((report / "summary.json").read_text())
+    result = {"users": users, "exit_code": completed.returncode, "verdict": summary.get("verdict"),
+              "gates": summary.get("gates"), "summary": str(report / "summary.json")}
+    log(f"gate at {users} users: exit {completed.returncode}, verdict {result['verdict']}")
+    return result
+
+
+def versions() -> dict:
+    def first_line(*args: str) -> str:
+        try:
+            done = subprocess.run(args, capture_output=True, text=True, timeout=30)
+            return (done.stdout or done.stderr).strip().splitlines()[0]
+        except (OSError, IndexError, subprocess.TimeoutExpired):
+            return "unknown"
+    cpu = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
+    return {
+        "machine": f"{os.cpu_count()} cores ({cpu.group(1) if cpu else platform.machine()}), "
+                   f"{round(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30)} GiB, "
+                   "generator on the same box",
+        "rustc": first_line("rustc", "-V"),
+        "wrk": first_line("wrk", "-v"),
+        "postgres": sql("show server_version"),
+        "redis": first_line("redis-server", "--version"),
+        "rabbitmq": first_line("rabbitmqctl", "version"),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def ratio(numerator: float, denominator: float) -> str:
+    return f"{100 * numerator / denominator:.0f} %" if denominator else "n/a"
+
+
+def markdown(results: dict) -> str:
+    http = {(r["label"], r["connections"]): r for r in results["http"]}
+    lines = [
+        f"Measured {results['versions']['date']} on {results['versions']['machine']}; "
+        f"{results['versions']['rustc']}, {results['versions']['wrk']}, PostgreSQL "
+        f"{results['versions']['postgres']}, {results['versions']['redis'].split(' sha')[0]}, "
+        f"RabbitMQ {results['versions']['rabbitmq']}. Command: `scripts/bench.sh` "
+        f"(wrk -t2, {WARMUP} s warm-up thrown away, then {SECS} s measured).",
+        "",
+        "| path | connections | svc req/s | svc p99 | baseline req/s | baseline p99 | svc / baseline | svc CPU per 1,000 req | svc peak RSS |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for path, svc_label, base_label, base_name in (
+        ("GET /data/{id}, warm", "svc GET", "bare axum GET", "bare axum, no I/O"),
+        ("POST /data, consumer stopped", "svc POST", "bare publish POST", "bare confirmed publish, quorum queue"),
+    ):
+        for connections in (64, 1000):
+            s, b = http[(svc_label, connections)], http[(base_label, connections)]
+            lines.append(
+                f"| {path} | {connections} | {s['rps']:,} | {s['p99_ms']:.1f} ms | {b['rps']:,} ({base_name}) | "
+                f"{b['p99_ms']:.1f} ms | {ratio(s['rps'], b['rps'])} | {s['cpu_ms_per_1000']} ms | {s['peak_rss_mib']} MiB |")
+    d, w, e = results["drain"], results["system"], results["e2e"]
+    lines += [
+        "",
+        "| whole system | figure |",
+        "| --- | --- |",
+        f"| `svc consume` draining a pre-filled queue of {d['rows']:,} messages | **{d['rows_per_sec']:,} rows/s** "
+        f"({d['seconds']} s), peak RSS {d['peak_rss_mib']} MiB, {d['cpu_ms_per_1000_rows']} ms CPU per 1,000 rows |",
+        f"| serve + consume + broker + Postgres + Redis, wrk POST for {SYSTEM_SECS} s at 64 connections | "
+        f"**{w['writes_per_sec']:,} writes/s accepted**, p99 {w['p99_ms']:.1f} ms, {w['errors']} errors; queue depth at most "
+        f"{w['max_queue_depth']:,.0f}; drained {w['drained_after_secs']} s after the load stopped; "
+        f"{w['rows_persisted']:,} rows for {w['accepted']:,} accepted writes |",
+        f"| accepted → persisted at {e['rate']:,} writes/s (half the sustained rate, open model) | "
+        f"p50 {e['p50_ms']} ms, **p99 {e['p99_ms']} ms**, max {e['max_ms']} ms over {e['rows']:,} writes |",
+        f"| `svc serve` holding 1,000 connections (GET run) | peak RSS **{http[('svc GET', 1000)]['peak_rss_mib']} MiB** |",
+    ]
+    if results.get("gate"):
+        g = results["gate"]
+        lines.append(f"| `svc loadtest --users {g['users']}` (SLO, degradation, errors, durability) | "
+                     f"verdict **{g['verdict']}**, exit code {g['exit_code']} |")
+    return "\n".join(lines)
+
+
+def write_doc(table: str) -> None:
+    text = DOC.read_text()
+    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    block = f"{start}\n{table}\n{end}"
+    if start in text:
+        text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
+    else:
+        text += f"\n## Benchmark: `scripts/bench.sh`\n\n{block}\n"
+    DOC.write_text(text)
+
+
+def main() -> None:
+    OUT.mkdir(parents=True, exist_ok=True)
+    fresh_start()
+    results: dict = {"versions": versions(), "http": []}
+    serve = Process("serve", [str(SVC), "serve"])
+    bare_axum = Process("bare_axum", [str(EXAMPLES / "bare_axum"), BARE_AXUM])
+    bare_publish = Process("bare_publish", [
+        str(EXAMPLES / "bare_publish"), BARE_PUBLISH, ENV["AMQP_URL"], f"{NAME}.bare.{os.getpid()}", "4"])
+    consumer = None
+    try:
+        wait_http(f"http://{API}/health/ready")
+        wait_http(f"http://{BARE_AXUM}/data/x")
+        time.sleep(1)  # bare_publish declares its queue
+
+        log("writes, consumer stopped: svc against a bare confirmed publish")
+        for connections in (64, 1000):
+            results["http"].append(wrk("bare publish POST", BARE_PUBLISH, connections, "post", bare_publish))
+            results["http"].append(wrk("svc POST", API, connections, "post", serve))
+        bare_publish.stop()
+
+        log("the consumer drains what the writes queued")
+        depth = int(sh("rabbitmqctl", "-q", "list_queues", "name", "messages").split(f"{NAME}.data.ingest\t")[1].split()[0])
+        consumer = Process("consume", [str(SVC), "consume"])
+        results["drain"] = drain(consumer, rows() + depth)
+        log(f"drain: {results['drain']}")
+
+        log("reads, warm cache: svc against bare axum")
+        (OUT / "ids.txt").write_text(sql("select id from data order by random() limit 1000") + "\n")
+        for connections in (64, 1000):
+            results["http"].append(wrk("bare axum GET", BARE_AXUM, connections, "get", bare_axum))
+            results["http"].append(wrk("svc GET", API, connections, "get", serve))
+        bare_axum.stop()
+
+        log(f"the whole system: writes for {SYSTEM_SECS} s with the consumer running")
+        results["system"] = whole_system(serve, consumer)
+        log(f"whole system: {results['system']}")
+        results["e2e"] = end_to_end(max(results["system"]["writes_per_sec"] // 2, 100))
+        if GATE_USERS:
+            results["gate"] = gate(GATE_USERS)
+    finally:
+        for process in (serve, bare_axum, bare_publish, consumer):
+            if process:
+                process.stop()
+    (OUT / "results.json").write_text(json.dumps(results, indent=2))
+    table = markdown(results)
+    write_doc(table)
+    print(table)
+    log(f"results in {OUT / 'results.json'}; table written to {DOC.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
