@@ -24,7 +24,8 @@ answers() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 as_postgres() { runuser -u postgres -- "$@"; }
 primary() { psql -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -AtqX "$@"; }
 
-[[ $(id -u) -eq 0 ]] || die "run as root (the replica and PgBouncer run as the postgres user)"
+# The replica and PgBouncer run as the postgres user: starting them takes root.
+[[ $(id -u) -eq 0 ]] || exec sudo "$0" "$@"
 cd "$(dirname "$0")/.."
 
 bin_dir() {
