@@ -6,6 +6,7 @@
 
 use std::{sync::OnceLock, time::Duration};
 
+use metrics::{Counter, Gauge};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const HTTP_REQUEST_DURATION: &str = "http_request_duration_seconds";
@@ -65,5 +66,28 @@ pub fn handle() -> &'static PrometheusHandle {
             })
             .expect("can spawn the metrics upkeep thread");
         handle
+    })
+}
+
+/// Handles of the metrics touched by every read, registered once: looking a
+/// metric up by name on each request costs more than recording it.
+pub struct HotPath {
+    pub in_flight: Gauge,
+    pub cache_hits: Counter,
+    pub cache_hits_memory: Counter,
+    pub cache_misses: Counter,
+}
+
+/// The hot-path handles, registered (after the recorder) on first use.
+pub fn hot_path() -> &'static HotPath {
+    static HOT_PATH: OnceLock<HotPath> = OnceLock::new();
+    HOT_PATH.get_or_init(|| {
+        handle();
+        HotPath {
+            in_flight: ::metrics::gauge!(HTTP_REQUESTS_IN_FLIGHT),
+            cache_hits: ::metrics::counter!(CACHE_HITS),
+            cache_hits_memory: ::metrics::counter!(CACHE_HITS_MEMORY),
+            cache_misses: ::metrics::counter!(CACHE_MISSES),
+        }
     })
 }

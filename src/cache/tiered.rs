@@ -47,7 +47,7 @@ impl TieredCache {
 impl RecordCache for TieredCache {
     async fn lookup(&self, id: Uuid) -> Result<Cached, CacheError> {
         if let Some(body) = self.local.get(&id) {
-            ::metrics::counter!(metrics::CACHE_HITS_MEMORY).increment(1);
+            metrics::hot_path().cache_hits_memory.increment(1);
             return Ok(Cached::Record(body));
         }
         let found = self.shared.lookup(id).await?;

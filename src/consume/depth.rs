@@ -14,10 +14,14 @@ use std::{
     time::Duration,
 };
 
-use lapin::{Channel, options::QueueDeclareOptions, types::FieldTable};
+use lapin::Channel;
 use tokio_util::sync::CancellationToken;
 
-use crate::{metrics, queue::Topology, telemetry::error_chain};
+use crate::{
+    metrics,
+    queue::{Topology, ready_messages},
+    telemetry::error_chain,
+};
 
 /// The dead-letter queue's depth at the last look, kept across reconnects so
 /// that arrivals during a broker outage are still counted. Starts unknown.
@@ -53,8 +57,8 @@ pub async fn watch(
             () = stop.cancelled() => return,
         }
         let (ingest, dead) = match (
-            depth(&channel, &topology.queue).await,
-            depth(&channel, &topology.dead_letter_queue).await,
+            ready_messages(&channel, &topology.queue).await,
+            ready_messages(&channel, &topology.dead_letter_queue).await,
         ) {
             (Ok(ingest), Ok(dead)) => (ingest, dead),
             (Err(err), _) | (_, Err(err)) => {
@@ -90,18 +94,4 @@ pub async fn watch(
             _ => {}
         }
     }
-}
-
-async fn depth(channel: &Channel, queue: &str) -> lapin::Result<u32> {
-    let declared = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    Ok(declared.message_count())
 }

@@ -219,11 +219,11 @@ async fn read(
 
     let cached = match state.cache.lookup(id).await {
         Ok(Cached::Record(body)) => {
-            ::metrics::counter!(metrics::CACHE_HITS).increment(1);
+            metrics::hot_path().cache_hits.increment(1);
             return Ok(json_body(StatusCode::OK, body));
         }
         Ok(other) => {
-            ::metrics::counter!(metrics::CACHE_MISSES).increment(1);
+            metrics::hot_path().cache_misses.increment(1);
             other
         }
         Err(err) => {

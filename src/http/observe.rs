@@ -1,12 +1,16 @@
 //! Cross-cutting layers of every HTTP listener: request id, tracing span,
 //! Prometheus request metrics, the request timeout, and `/metrics`.
 
-use std::time::{Duration, Instant};
+use std::{
+    collections::HashMap,
+    sync::{OnceLock, RwLock},
+    time::{Duration, Instant},
+};
 
 use axum::{
     Router,
     extract::{MatchedPath, Request},
-    http::{HeaderName, HeaderValue, header},
+    http::{HeaderName, HeaderValue, Method, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
@@ -17,6 +21,7 @@ use tower_http::{
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer},
 };
+use ::metrics::Histogram;
 use tracing::Level;
 
 use super::ApiError;
@@ -45,9 +50,8 @@ pub fn layered<S: Clone + Send + Sync + 'static>(
             .layer(CatchPanicLayer::custom(|_| {
                 ApiError::internal(&Panicked).into_response()
             }))
-            .layer(middleware::from_fn(track))
             .layer(middleware::from_fn(move |request, next| {
-                with_timeout(request_timeout, request, next)
+                measure_with_timeout(request_timeout, request, next)
             })),
     )
 }
@@ -75,28 +79,57 @@ fn make_span(request: &Request) -> tracing::Span {
     )
 }
 
-/// Counts in-flight requests and records latency by route, method and status.
-async fn track(request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|path| path.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let method = request.method().as_str().to_owned();
-    let in_flight = ::metrics::gauge!(metrics::HTTP_REQUESTS_IN_FLIGHT);
+/// Counts in-flight requests, bounds each request by `limit` (503 after it),
+/// and records its latency by route, method and status. One layer for the
+/// three: every layer costs a boxed future and a clone of the routes per request.
+async fn measure_with_timeout(limit: Duration, request: Request, next: Next) -> Response {
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let method = request.method().clone();
+    let in_flight = &metrics::hot_path().in_flight;
     in_flight.increment(1.0);
     // Decrements even if the client goes away and the future is dropped.
-    let _guard = scopeguard(move || in_flight.decrement(1.0));
+    let _guard = scopeguard(|| in_flight.decrement(1.0));
     let started = Instant::now();
-    let response = next.run(request).await;
-    ::metrics::histogram!(
-        metrics::HTTP_REQUEST_DURATION,
-        "route" => route,
-        "method" => method,
-        "status" => response.status().as_str().to_owned(),
-    )
-    .record(started.elapsed().as_secs_f64());
+    let response = match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(timeout_ms = limit.as_millis() as u64, "request timed out");
+            ApiError::unavailable("the request took too long; retry later").into_response()
+        }
+    };
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    request_duration(route, &method, response.status()).record(started.elapsed().as_secs_f64());
     response
+}
+
+/// The latency histogram of one route, method and status, registered on first
+/// use and then found without allocating (the label set is small and fixed).
+fn request_duration(route: &str, method: &Method, status: StatusCode) -> Histogram {
+    type ByRoute = HashMap<Box<str>, HashMap<(Method, StatusCode), Histogram>>;
+    static HISTOGRAMS: OnceLock<RwLock<ByRoute>> = OnceLock::new();
+    let histograms = HISTOGRAMS.get_or_init(RwLock::default);
+    let key = (method.clone(), status);
+    if let Some(histogram) = histograms
+        .read()
+        .expect("lock is never poisoned")
+        .get(route)
+        .and_then(|by_key| by_key.get(&key))
+    {
+        return histogram.clone();
+    }
+    let histogram = ::metrics::histogram!(
+        metrics::HTTP_REQUEST_DURATION,
+        "route" => route.to_owned(),
+        "method" => method.as_str().to_owned(),
+        "status" => status.as_str().to_owned(),
+    );
+    histograms
+        .write()
+        .expect("lock is never poisoned")
+        .entry(route.into())
+        .or_default()
+        .insert(key, histogram.clone());
+    histogram
 }
 
 struct Guard<F: FnOnce()>(Option<F>);
@@ -111,16 +144,6 @@ impl<F: FnOnce()> Drop for Guard<F> {
 
 fn scopeguard<F: FnOnce()>(f: F) -> Guard<F> {
     Guard(Some(f))
-}
-
-async fn with_timeout(limit: Duration, request: Request, next: Next) -> Response {
-    match tokio::time::timeout(limit, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => {
-            tracing::warn!(timeout_ms = limit.as_millis() as u64, "request timed out");
-            ApiError::unavailable("the request took too long; retry later").into_response()
-        }
-    }
 }
 
 /// `GET /metrics`: the Prometheus text exposition.

@@ -56,3 +56,19 @@ pub async fn connect(url: &str, role: &str) -> lapin::Result<lapin::Connection> 
     let properties = lapin::ConnectionProperties::default().with_connection_name(name.into());
     lapin::Connection::connect(url, properties).await
 }
+
+/// Messages ready in `queue` (neither delivered nor awaiting acknowledgement),
+/// read with a passive declare. A missing queue closes `channel`.
+pub async fn ready_messages(channel: &lapin::Channel, queue: &str) -> lapin::Result<u32> {
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await?;
+    Ok(declared.message_count())
+}

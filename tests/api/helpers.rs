@@ -19,11 +19,7 @@ use async_trait::async_trait;
 
 use lapin::{
     BasicProperties, Channel, Connection, ConnectionProperties,
-    options::{
-        BasicGetOptions, BasicPublishOptions, ExchangeDeleteOptions, QueueDeclareOptions,
-        QueueDeleteOptions,
-    },
-    types::FieldTable,
+    options::{BasicGetOptions, BasicPublishOptions, ExchangeDeleteOptions, QueueDeleteOptions},
 };
 use serde_json::Value;
 use sqlx::PgPool;
@@ -261,18 +257,7 @@ impl Sandbox {
     /// Messages ready (not delivered, not unacknowledged) in `queue`.
     pub async fn ready_messages(&self, queue: &str) -> u32 {
         let (_connection, channel) = self.amqp_channel().await;
-        channel
-            .queue_declare(
-                queue.into(),
-                QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await
-            .unwrap()
-            .message_count()
+        svc::queue::ready_messages(&channel, queue).await.unwrap()
     }
 
     /// Takes one message off the dead-letter queue, waiting up to `within`.
