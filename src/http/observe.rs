@@ -7,6 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use ::metrics::Histogram;
 use axum::{
     Router,
     extract::{MatchedPath, Request},
@@ -21,7 +22,6 @@ use tower_http::{
     request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
     trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer},
 };
-use ::metrics::Histogram;
 use tracing::Level;
 
 use super::ApiError;
