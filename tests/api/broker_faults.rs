@@ -24,28 +24,35 @@ async fn app_behind(proxy: &FaultProxy) -> TestApp {
     app
 }
 
+/// POSTs a write whose message the broker stores but whose confirm the proxy
+/// swallows; once the message is in the queue, `then` acts on the proxy.
+async fn post_with_the_confirm_lost(
+    app: &TestApp,
+    proxy: &FaultProxy,
+    then: impl FnOnce(&FaultProxy),
+) -> reqwest::Response {
+    let queue = &app.sandbox.topology.queue;
+    proxy.swallow_replies();
+    let (response, ()) = tokio::join!(app.post_value("confirm lost"), async {
+        eventually(
+            "the broker holds the message",
+            Duration::from_secs(1),
+            || async { app.sandbox.ready_messages(queue).await == 1 },
+        )
+        .await;
+        then(proxy);
+    });
+    response
+}
+
 #[tokio::test]
 async fn a_confirm_lost_with_its_connection_is_published_again_and_persisted_once() {
     let proxy = FaultProxy::start(&host_port(&amqp_url())).await;
     let app = app_behind(&proxy).await;
     let queue = app.sandbox.topology.queue.clone();
 
-    // The broker stores the message, but its confirm never reaches svc; then
-    // the connection drops and the proxy relays again.
-    proxy.swallow_replies();
-    let (response, ()) = tokio::join!(app.post_value("confirm lost"), async {
-        eventually(
-            "the broker holds the first copy",
-            Duration::from_secs(1),
-            || {
-                let sandbox = &app.sandbox;
-                let queue = queue.clone();
-                async move { sandbox.ready_messages(&queue).await == 1 }
-            },
-        )
-        .await;
-        proxy.restore();
-    });
+    // Then the connection drops and the proxy relays again.
+    let response = post_with_the_confirm_lost(&app, &proxy, FaultProxy::restore).await;
     assert_eq!(response.status(), 202, "confirmed on the new connection");
     let body: Value = response.json().await.unwrap();
     let id: uuid::Uuid = body["id"].as_str().unwrap().parse().unwrap();
@@ -72,23 +79,8 @@ async fn a_confirm_lost_with_its_connection_is_published_again_and_persisted_onc
 async fn a_confirm_lost_while_the_broker_stays_away_is_a_503_never_a_202() {
     let proxy = FaultProxy::start(&host_port(&amqp_url())).await;
     let app = app_behind(&proxy).await;
-    let queue = app.sandbox.topology.queue.clone();
-
-    proxy.swallow_replies();
     let started = Instant::now();
-    let (response, ()) = tokio::join!(app.post_value("confirm lost"), async {
-        eventually(
-            "the broker holds the message",
-            Duration::from_secs(1),
-            || {
-                let sandbox = &app.sandbox;
-                let queue = queue.clone();
-                async move { sandbox.ready_messages(&queue).await == 1 }
-            },
-        )
-        .await;
-        proxy.cut();
-    });
+    let response = post_with_the_confirm_lost(&app, &proxy, FaultProxy::cut).await;
     assert!(
         started.elapsed() < Duration::from_millis(1500),
         "bounded by the publish timeout"
