@@ -8,7 +8,7 @@ use svc::domain::DataMessage;
 use crate::{
     helpers::{
         RunningConsumer, Sandbox, TestApp, admin_database_url, amqp_url, assert_problem,
-        eventually, host_port, redis_url,
+        eventually, host_port, real_parts, redis_url,
     },
     proxy::FaultProxy,
 };
@@ -98,6 +98,14 @@ async fn with_postgres_cut_the_consumer_holds_its_batch_and_persists_everything_
     let args = sandbox.serve_args(&["--database-url", &database, "--local-cache-mb", "0"]);
     let app = TestApp::start(sandbox, &args, svc::serve::components(&args).unwrap());
     app.wait_until_ready().await;
+    // A record read once before the outage is cached, and stays readable.
+    let (store, _) = real_parts(&app.sandbox);
+    let earlier = DataMessage::accept("read before the outage".to_owned());
+    store
+        .insert_batch(std::slice::from_ref(&earlier))
+        .await
+        .unwrap();
+    assert_eq!(app.get_record(earlier.id).await.0, 200);
 
     proxy.cut();
     let messages: Vec<DataMessage> = (0..20)
@@ -111,7 +119,7 @@ async fn with_postgres_cut_the_consumer_holds_its_batch_and_persists_everything_
         &["--database-url", &database, "--retry-max-backoff-ms", "300"],
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(app.sandbox.row_count().await, 0);
+    assert_eq!(app.sandbox.row_count().await, 1, "only the earlier record");
     assert_eq!(
         app.sandbox
             .ready_messages(&app.sandbox.topology.dead_letter_queue)
@@ -129,16 +137,22 @@ async fn with_postgres_cut_the_consumer_holds_its_batch_and_persists_everything_
         .unwrap();
     assert!(started.elapsed() < Duration::from_secs(2));
     assert_problem(response, 503).await;
+    // A cached one still can.
+    let (status, cached) = app.get_record(earlier.id).await;
+    assert_eq!(
+        (status, cached["value"].as_str()),
+        (200, Some("read before the outage"))
+    );
 
     proxy.restore();
     eventually(
         "every message persisted",
         Duration::from_secs(20),
-        || async { app.sandbox.row_count().await == 20 },
+        || async { app.sandbox.row_count().await == 21 },
     )
     .await;
     consumer.stop().await;
-    assert_eq!(app.sandbox.row_count().await, 20, "exactly once");
+    assert_eq!(app.sandbox.row_count().await, 21, "exactly once");
     assert_eq!(
         app.sandbox
             .ready_messages(&app.sandbox.topology.queue)
