@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use svc::{consume::Consumer, domain::DataMessage};
 
-use crate::helpers::{RunningConsumer, Sandbox, consumer_settings, real_parts};
+use crate::helpers::{RunningConsumer, Sandbox, consumer_settings, eventually, real_parts};
 
 #[tokio::test]
 async fn the_same_message_delivered_twice_makes_one_row() {
@@ -77,12 +77,12 @@ async fn shutdown_commits_and_acknowledges_the_batch_in_hand() {
     );
     let (store, cache) = real_parts(&sandbox);
     let consumer = RunningConsumer::run(Consumer::new(settings, store, cache));
-    for _ in 0..200 {
-        if sandbox.ready_messages(&sandbox.topology.queue).await == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    eventually(
+        "the consumer holds every message",
+        Duration::from_secs(5),
+        || async { sandbox.ready_messages(&sandbox.topology.queue).await == 0 },
+    )
+    .await;
     assert_eq!(
         sandbox.row_count().await,
         0,
