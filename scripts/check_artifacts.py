@@ -43,9 +43,11 @@ def svc_metric_names() -> set[str]:
 # Metrics from elsewhere that the dashboard may use.
 FOREIGN_METRICS = {"up", "rabbitmq_queue_messages_ready"}
 PROMQL_WORDS = {
-    "sum", "by", "rate", "increase", "histogram_quantile", "clamp_min", "max", "min", "le",
+    "sum", "by", "rate", "increase", "histogram_quantile", "clamp_min", "max", "min",
     "absent", "deriv", "and", "or", "unless", "on", "without", "avg", "count", "irate",
 }
+# Label names that appear outside braces, in `by (...)`.
+LABELS = {"le", "job", "route", "queue", "method", "status", "reason", "outcome"}
 
 
 def check_promql_metrics(where: str, expr: str, known: set[str]) -> None:
@@ -54,133 +56,63 @@ def check_promql_metrics(where: str, expr: str, known: set[str]) -> None:
     stripped = re.sub(r"\[[^\]]*\]", "", stripped)  # ranges
     stripped = re.sub(r"(?<![a-zA-Z_])\d+(?:\.\d+)?(?:e[-+]?\d+)?", "", stripped)  # numbers
     for word in re.findall(r"[a-zA-Z_:][a-zA-Z0-9_:]*", stripped):
-        if word in PROMQL_WORDS or word in known or word in FOREIGN_METRICS:
-            continue
-        if re.fullmatch(r"[a-z]+", word) and word in {"job", "route", "queue", "method", "status", "reason", "outcome"}:
+        if word in PROMQL_WORDS or word in LABELS or word in FOREIGN_METRICS or word in known:
             continue
         fail(f"{where}: unknown metric or function `{word}` in `{expr}`")
 
 
 # --- Kubernetes custom resources --------------------------------------------
 
-SCALED_OBJECT = {
-    "type": "object",
-    "required": ["spec"],
-    "properties": {
-        "spec": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["scaleTargetRef", "triggers"],
-            "properties": {
-                "scaleTargetRef": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "required": ["name"],
-                    "properties": {
-                        "name": {"type": "string"},
-                        "kind": {"type": "string"},
-                        "apiVersion": {"type": "string"},
-                    },
-                },
-                "minReplicaCount": {"type": "integer", "minimum": 0},
-                "maxReplicaCount": {"type": "integer", "minimum": 1},
-                "pollingInterval": {"type": "integer", "minimum": 1},
-                "cooldownPeriod": {"type": "integer", "minimum": 0},
-                "idleReplicaCount": {"type": "integer"},
-                "triggers": {
-                    "type": "array",
-                    "minItems": 1,
-                    "items": {
-                        "type": "object",
-                        "additionalProperties": False,
-                        "required": ["type", "metadata"],
-                        "properties": {
-                            "type": {"enum": ["rabbitmq"]},
-                            "name": {"type": "string"},
-                            "metadata": {
-                                "type": "object",
-                                "additionalProperties": False,
-                                "required": ["queueName", "mode", "value"],
-                                "properties": {
-                                    "protocol": {"enum": ["amqp", "http", "auto"]},
-                                    "queueName": {"type": "string"},
-                                    "mode": {"enum": ["QueueLength", "MessageRate"]},
-                                    "value": {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?$"},
-                                    "activationValue": {"type": "string"},
-                                    "vhostName": {"type": "string"},
-                                },
-                            },
-                            "authenticationRef": {
-                                "type": "object",
-                                "additionalProperties": False,
-                                "required": ["name"],
-                                "properties": {"name": {"type": "string"}, "kind": {"type": "string"}},
-                            },
-                        },
-                    },
-                },
-            },
-        }
-    },
-}
+def closed(properties: dict, required: tuple[str, ...] = ()) -> dict:
+    """An object schema that allows only `properties`, so a misspelt field fails."""
+    return {"type": "object", "additionalProperties": False, "required": list(required),
+            "properties": properties}
 
-TRIGGER_AUTHENTICATION = {
-    "type": "object",
-    "required": ["spec"],
-    "properties": {
-        "spec": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "secretTargetRef": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "additionalProperties": False,
-                        "required": ["parameter", "name", "key"],
-                        "properties": {
-                            "parameter": {"type": "string"},
-                            "name": {"type": "string"},
-                            "key": {"type": "string"},
-                        },
-                    },
-                }
-            },
-        }
-    },
-}
 
-SERVICE_MONITOR = {
-    "type": "object",
-    "required": ["spec"],
-    "properties": {
-        "spec": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["selector", "endpoints"],
-            "properties": {
-                "jobLabel": {"type": "string"},
-                "selector": {
-                    "type": "object",
-                    "properties": {"matchLabels": {"type": "object"}},
-                },
-                "endpoints": {
-                    "type": "array",
-                    "minItems": 1,
-                    "items": {
-                        "type": "object",
-                        "additionalProperties": False,
-                        "properties": {
-                            "port": {"type": "string"},
-                            "path": {"type": "string"},
-                            "interval": {"type": "string", "pattern": "^[0-9]+(ms|s|m|h)$"},
-                        },
-                    },
-                },
-            },
-        }
-    },
-}
+def resource(spec: dict) -> dict:
+    """A custom resource whose `spec` follows `spec`; metadata is Kubernetes's own."""
+    return {"type": "object", "required": ["spec"], "properties": {"spec": spec}}
+
+
+STRING = {"type": "string"}
+NAMED_REF = closed({"name": STRING, "kind": STRING}, required=("name",))
+
+SCALED_OBJECT = resource(closed({
+    "scaleTargetRef": closed({"name": STRING, "kind": STRING, "apiVersion": STRING}, required=("name",)),
+    "minReplicaCount": {"type": "integer", "minimum": 0},
+    "maxReplicaCount": {"type": "integer", "minimum": 1},
+    "pollingInterval": {"type": "integer", "minimum": 1},
+    "cooldownPeriod": {"type": "integer", "minimum": 0},
+    "idleReplicaCount": {"type": "integer"},
+    "triggers": {"type": "array", "minItems": 1, "items": closed({
+        "type": {"enum": ["rabbitmq"]},
+        "name": STRING,
+        "metadata": closed({
+            "protocol": {"enum": ["amqp", "http", "auto"]},
+            "queueName": STRING,
+            "mode": {"enum": ["QueueLength", "MessageRate"]},
+            "value": {"type": "string", "pattern": "^[0-9]+(\\.[0-9]+)?$"},
+            "activationValue": STRING,
+            "vhostName": STRING,
+        }, required=("queueName", "mode", "value")),
+        "authenticationRef": NAMED_REF,
+    }, required=("type", "metadata"))},
+}, required=("scaleTargetRef", "triggers")))
+
+TRIGGER_AUTHENTICATION = resource(closed({
+    "secretTargetRef": {"type": "array", "items": closed(
+        {"parameter": STRING, "name": STRING, "key": STRING}, required=("parameter", "name", "key"))},
+}))
+
+SERVICE_MONITOR = resource(closed({
+    "jobLabel": STRING,
+    "selector": {"type": "object", "properties": {"matchLabels": {"type": "object"}}},
+    "endpoints": {"type": "array", "minItems": 1, "items": closed({
+        "port": STRING,
+        "path": STRING,
+        "interval": {"type": "string", "pattern": "^[0-9]+(ms|s|m|h)$"},
+    })},
+}, required=("selector", "endpoints")))
 
 CUSTOM = {
     ("keda.sh/v1alpha1", "ScaledObject"): SCALED_OBJECT,
@@ -238,7 +170,7 @@ def check_manifests(paths: list[str]) -> None:
             target = scaled["spec"]["scaleTargetRef"]["name"]
             if target not in deployments:
                 fail(f"{path}: ScaledObject targets missing Deployment {target}")
-            queue = scaled["spec"]["triggers"][0]["metadata"]["queueName"]
+            queue = scaled["spec"]["triggers"][0]["metadata"].get("queueName")
             prefix = by_kind["ConfigMap"]["svc-config"]["data"].get("SVC_QUEUE_PREFIX", "svc")
             if queue != f"{prefix}.data.ingest":
                 fail(f"{path}: KEDA watches {queue}, but svc consumes {prefix}.data.ingest")
@@ -290,9 +222,14 @@ def check_compose(path: str, env_file: str) -> None:
         # by nginx and Prometheus; every other service has a health check.
         if name not in svc_image and "healthcheck" not in service:
             fail(f"{path}: `{name}` has no healthcheck")
-        for dependency, condition in (service.get("depends_on") or {}).items() if isinstance(service.get("depends_on"), dict) else []:
+        depends_on = service.get("depends_on") or {}
+        if isinstance(depends_on, list):  # the short form: started, with no condition
+            depends_on = dict.fromkeys(depends_on)
+        for dependency, condition in depends_on.items():
             if dependency not in services:
                 fail(f"{path}: `{name}` depends on unknown `{dependency}`")
+            if condition is None:
+                continue
             wanted_condition = (
                 "service_completed_successfully" if dependency == "migrate" else "service_healthy"
             )
