@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -33,7 +34,8 @@ OUT = ROOT / "target" / "bench"
 LUA = ROOT / "scripts" / "bench" / "wrk.lua"
 DOC = ROOT / "docs" / "PERFORMANCE.md"
 
-NAME = "svc_bench"
+# Database, queue prefix and key prefix, emptied by scripts/fresh.sh.
+NAME = os.environ.get("SVC_QUEUE_PREFIX", "svc_bench")
 API = "127.0.0.1:18400"
 METRICS = "127.0.0.1:19400"
 BARE_AXUM = "127.0.0.1:18200"
@@ -44,15 +46,9 @@ SYSTEM_SECS = int(os.environ.get("BENCH_SYSTEM_SECS", "60"))
 GATE_USERS = int(os.environ.get("BENCH_GATE_USERS", "5000"))
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
+# The services' URLs come from scripts/fresh.sh, which bench.sh sources.
 ENV = {
     **os.environ,
-    "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{NAME}",
-    "REDIS_URL": "redis://127.0.0.1:6379",
-    "AMQP_URL": "amqp://guest:guest@127.0.0.1:5672/%2f",
-    "SVC_QUEUE_PREFIX": NAME,
-    "SVC_CACHE_PREFIX": f"{NAME}:",
-    "SVC_LOG_FORMAT": "json",
-    "RUST_LOG": os.environ.get("RUST_LOG", "warn"),
     "SVC_QUEUE_WATCH_MS": "250",
     # As the image sets it (Dockerfile): mimalloc gives back pages touched once.
     "MIMALLOC_ARENA_EAGER_COMMIT": "0",
@@ -106,13 +102,13 @@ def wait_http(url: str, within: float = 30) -> None:
     deadline = time.time() + within
     while time.time() < deadline:
         try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status < 500:
-                    return
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except urllib.error.HTTPError as err:
+            if err.code < 500:
+                return  # it answers, if not with a success: it is up
         except OSError:
-            pass
-        except Exception:  # noqa: BLE001 - 4xx answers mean it is up
-            return
+            pass  # not listening yet; a 5xx is not ready yet
         time.sleep(0.2)
     raise SystemExit(f"bench: {url} did not answer within {within} s")
 
@@ -183,17 +179,6 @@ def queue_depth() -> float | None:
     except OSError:
         return None
     return metric(text, "svc_queue_messages", f'queue="{NAME}.data.ingest"')
-
-
-def fresh_start() -> None:
-    sh("psql", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-qc",
-       f"DROP DATABASE IF EXISTS {NAME} WITH (FORCE)")
-    keys = subprocess.run(["redis-cli", "--scan", "--pattern", f"{NAME}:*"],
-                          capture_output=True, text=True).stdout.split()
-    for start in range(0, len(keys), 1000):
-        subprocess.run(["redis-cli", "del", *keys[start:start + 1000]], capture_output=True)
-    sh(str(SVC), "migrate")
-    subprocess.run(["rabbitmqctl", "purge_queue", f"{NAME}.data.ingest"], capture_output=True)
 
 
 def drain(consumer: Process, expected: int, within: float = 300) -> dict:
@@ -374,7 +359,6 @@ def main() -> None:
         write_doc(markdown(results))
         return
     OUT.mkdir(parents=True, exist_ok=True)
-    fresh_start()
     results: dict = {"versions": versions(), "http": []}
     serve = Process("serve", [str(SVC), "serve"])
     bare_axum = Process("bare_axum", [str(EXAMPLES / "bare_axum"), BARE_AXUM])

@@ -16,6 +16,9 @@ if ! command -v wrk >/dev/null; then
 fi
 scripts/services.sh
 cargo build --release --locked --bin svc --examples
+svc=target/release/svc
+NAME=svc_bench
+source scripts/fresh.sh
 # 1,000 connections for wrk and as many for each server: as many files as allowed.
 ulimit -n "$(ulimit -Hn)"
 exec python3 scripts/bench.py

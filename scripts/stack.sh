@@ -7,22 +7,7 @@ scripts/services.sh
 cargo build --release --locked
 svc=target/release/svc
 
-export DATABASE_URL=postgres://postgres@127.0.0.1:5432/$NAME
-export REDIS_URL=redis://127.0.0.1:6379
-export AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2f
-export SVC_QUEUE_PREFIX=$NAME SVC_CACHE_PREFIX=$NAME: SVC_LOG_FORMAT=json RUST_LOG=${RUST_LOG:-warn}
-
-# A fresh start: no rows, no queued messages, no cached keys from a previous run.
-# (The broker tools are absent where RabbitMQ runs in a container; a leftover
-# queue there is drained by the consumer before the load starts.)
-psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $NAME WITH (FORCE)"
-if command -v redis-cli >/dev/null; then
-    redis-cli --scan --pattern "$NAME:*" | xargs -r redis-cli del >/dev/null
-fi
-$svc migrate
-if command -v rabbitmqctl >/dev/null; then
-    rabbitmqctl purge_queue "$NAME.data.ingest" >/dev/null 2>&1 || true
-fi
+source scripts/fresh.sh
 
 rm -rf "$REPORT_DIR"
 mkdir -p "$REPORT_DIR"
