@@ -104,6 +104,7 @@ impl Application {
             settings: ServerSettings {
                 header_timeout: Duration::from_millis(args.header_timeout_ms),
                 grace: Duration::from_secs(args.shutdown_grace_secs),
+                client_addresses: args.rate_limit_per_sec.is_some(),
             },
         })
     }

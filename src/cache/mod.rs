@@ -34,10 +34,20 @@ pub enum CacheError {
     Redis(#[from] ::redis::RedisError),
     #[error("cache skipped: it failed repeatedly and its circuit is open")]
     CircuitOpen,
+    #[error("the batched write this call was part of failed")]
+    Batch(#[source] std::sync::Arc<CacheError>),
+    #[error("the cache's batch writer has stopped")]
+    WriterGone,
 }
 
 #[async_trait]
 pub trait RecordCache: Send + Sync + 'static {
+    /// A record body held in this process, found without I/O or a future:
+    /// the hot path of a warm read. `None` says nothing about Redis.
+    fn lookup_local(&self, _id: Uuid) -> Option<Bytes> {
+        None
+    }
+
     async fn lookup(&self, id: Uuid) -> Result<Cached, CacheError>;
 
     /// Caches a record body read from the database.

@@ -45,9 +45,14 @@ impl TieredCache {
 
 #[async_trait]
 impl RecordCache for TieredCache {
+    fn lookup_local(&self, id: Uuid) -> Option<Bytes> {
+        let body = self.local.get(&id)?;
+        metrics::hot_path().cache_hits_memory.increment(1);
+        Some(body)
+    }
+
     async fn lookup(&self, id: Uuid) -> Result<Cached, CacheError> {
-        if let Some(body) = self.local.get(&id) {
-            metrics::hot_path().cache_hits_memory.increment(1);
+        if let Some(body) = self.lookup_local(id) {
             return Ok(Cached::Record(body));
         }
         let found = self.shared.lookup(id).await?;

@@ -75,6 +75,7 @@ pub async fn serve(listener: TcpListener, health: ConsumerHealth, shutdown: Canc
     let settings = ServerSettings {
         header_timeout: Duration::from_secs(10),
         grace: Duration::from_secs(2),
+        client_addresses: false,
     };
     serve_http(listener, health.router(), settings, shutdown).await;
 }

@@ -217,6 +217,10 @@ async fn read(
     let id =
         Uuid::try_parse(&raw_id).map_err(|_| ApiError::bad_parameter("`id` must be a UUID"))?;
 
+    if let Some(body) = state.cache.lookup_local(id) {
+        metrics::hot_path().cache_hits.increment(1);
+        return Ok(json_body(StatusCode::OK, body));
+    }
     let cached = match state.cache.lookup(id).await {
         Ok(Cached::Record(body)) => {
             metrics::hot_path().cache_hits.increment(1);

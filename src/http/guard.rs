@@ -4,8 +4,14 @@
 
 use std::{
     collections::HashMap,
+    convert::Infallible,
     net::{IpAddr, SocketAddr},
-    sync::{Arc, Mutex},
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
@@ -15,31 +21,106 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use tokio::sync::Semaphore;
+use futures_util::future::{Either, Ready, ready};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
 
 use super::ApiError;
 
-/// Requests allowed in `/data` handlers at once; past it, 503 at once.
+/// Requests allowed in `/data` handlers at once; past it, 503 at once. A
+/// layer of its own (no boxed future, no semaphore): it is on every request.
 #[derive(Clone)]
-pub struct InFlightLimit(Arc<Semaphore>);
+pub struct InFlightLimit {
+    admitted: Arc<AtomicUsize>,
+    max: usize,
+}
 
 impl InFlightLimit {
     pub fn new(max: usize) -> Self {
-        Self(Arc::new(Semaphore::new(max)))
+        Self {
+            admitted: Arc::default(),
+            max,
+        }
+    }
+
+    fn try_admit(&self) -> Option<Admission> {
+        if self.admitted.fetch_add(1, Ordering::AcqRel) >= self.max {
+            self.admitted.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Admission(self.admitted.clone()))
     }
 }
 
-pub async fn shed_overload(
-    State(limit): State<InFlightLimit>,
-    request: Request,
-    next: Next,
-) -> Response {
-    match limit.0.try_acquire() {
-        Ok(_permit) => next.run(request).await,
-        Err(_) => {
-            ::metrics::counter!(crate::metrics::HTTP_SHED).increment(1);
-            ApiError::unavailable("the server is at capacity; retry shortly").into_response()
+/// One admitted request; leaving (or being dropped) frees its place.
+struct Admission(Arc<AtomicUsize>);
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl<S> Layer<S> for InFlightLimit {
+    type Service = ShedOverload<S>;
+
+    fn layer(&self, inner: S) -> ShedOverload<S> {
+        ShedOverload {
+            inner,
+            limit: self.clone(),
         }
+    }
+}
+
+#[derive(Clone)]
+pub struct ShedOverload<S> {
+    inner: S,
+    limit: InFlightLimit,
+}
+
+impl<S> Service<Request> for ShedOverload<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<Ready<Result<Response, Infallible>>, Admitted<S::Future>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        match self.limit.try_admit() {
+            Some(admission) => Either::Right(Admitted {
+                handled: self.inner.call(request),
+                _admission: admission,
+            }),
+            None => {
+                ::metrics::counter!(crate::metrics::HTTP_SHED).increment(1);
+                Either::Left(ready(Ok(ApiError::unavailable(
+                    "the server is at capacity; retry shortly",
+                )
+                .into_response())))
+            }
+        }
+    }
+}
+
+pin_project! {
+    /// An admitted request's response, holding its place until it is done.
+    pub struct Admitted<F> {
+        #[pin]
+        handled: F,
+        _admission: Admission,
+    }
+}
+
+impl<F: Future> Future for Admitted<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.project().handled.poll(cx)
     }
 }
 

@@ -31,14 +31,17 @@ use crate::{
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// What every handler can reach. Cheap to clone.
+/// What every handler can reach. One `Arc`: every request clones the state,
+/// and one reference count costs less than four.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Components>);
+
+pub struct Components {
     pub store: Arc<dyn RecordStore>,
     pub cache: Arc<dyn RecordCache>,
     pub publisher: Arc<dyn Publisher>,
     /// Coalesces concurrent database reads of the same id.
-    reads: Arc<SingleFlight<Uuid, data::Loaded>>,
+    reads: SingleFlight<Uuid, data::Loaded>,
 }
 
 impl AppState {
@@ -47,12 +50,20 @@ impl AppState {
         cache: Arc<dyn RecordCache>,
         publisher: Arc<dyn Publisher>,
     ) -> Self {
-        Self {
+        Self(Arc::new(Components {
             store,
             cache,
             publisher,
-            reads: Arc::default(),
-        }
+            reads: SingleFlight::default(),
+        }))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Components;
+
+    fn deref(&self) -> &Components {
+        &self.0
     }
 }
 
@@ -74,10 +85,7 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
     crate::metrics::handle();
     // Layers run outermost first: the rate limit, then the key, then the
     // in-flight bound, so neither floods nor strangers take capacity.
-    let mut data = data::router().route_layer(middleware::from_fn_with_state(
-        guard::InFlightLimit::new(settings.max_in_flight),
-        guard::shed_overload,
-    ));
+    let mut data = data::router().route_layer(guard::InFlightLimit::new(settings.max_in_flight));
     if !settings.api_keys.is_empty() {
         data = data.route_layer(middleware::from_fn_with_state(
             guard::ApiKeys::new(&settings.api_keys),

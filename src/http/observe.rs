@@ -1,9 +1,16 @@
-//! Cross-cutting layers of every HTTP listener: request id, tracing span,
-//! Prometheus request metrics, the request timeout, and `/metrics`.
+//! Cross-cutting work of every HTTP listener, in one layer: the request id,
+//! the tracing span, the in-flight gauge, the request timeout, catching a
+//! panicking handler, and the latency histogram. Plus `/metrics`.
+//!
+//! One hand-written layer instead of a stack of five: each layer of a stack
+//! costs its own future, boxing or header work on every request, and on the
+//! hot path they added up to more than the handler itself (docs/PERFORMANCE.md).
 
 use std::{
-    collections::HashMap,
-    sync::{OnceLock, RwLock},
+    cell::RefCell,
+    convert::Infallible,
+    panic::AssertUnwindSafe,
+    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
@@ -12,138 +19,190 @@ use axum::{
     Router,
     extract::{MatchedPath, Request},
     http::{HeaderName, HeaderValue, Method, StatusCode, header},
-    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
 };
-use tower::ServiceBuilder;
-use tower_http::{
-    catch_panic::CatchPanicLayer,
-    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
-    trace::{DefaultOnFailure, DefaultOnResponse, TraceLayer},
-};
-use tracing::Level;
+use futures_util::{FutureExt, future::BoxFuture};
+use tower::{Layer, Service};
+use tracing::Instrument;
+use uuid::Uuid;
 
 use super::ApiError;
 use crate::metrics;
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Wraps `router` in the layers every listener shares. Applied through
+/// Wraps `router` in the layer every listener shares. Applied through
 /// `Router::layer`, so routes see their `MatchedPath` label.
 pub fn layered<S: Clone + Send + Sync + 'static>(
     router: Router<S>,
     request_timeout: Duration,
 ) -> Router<S> {
-    router.layer(
-        ServiceBuilder::new()
-            // Outermost first: the id exists before the span that logs it.
-            .layer(SetRequestIdLayer::new(REQUEST_ID, MakeRequestUuid))
-            .layer(
-                TraceLayer::new_for_http()
-                    .make_span_with(make_span)
-                    .on_request(())
-                    .on_response(DefaultOnResponse::new().level(Level::DEBUG))
-                    .on_failure(DefaultOnFailure::new().level(Level::ERROR)),
-            )
-            .layer(PropagateRequestIdLayer::new(REQUEST_ID))
-            .layer(CatchPanicLayer::custom(|_| {
-                ApiError::internal(&Panicked).into_response()
-            }))
-            .layer(middleware::from_fn(move |request, next| {
-                measure_with_timeout(request_timeout, request, next)
-            })),
-    )
+    router.layer(ObserveLayer { request_timeout })
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ObserveLayer {
+    request_timeout: Duration,
+}
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Observe<S> {
+        Observe {
+            inner,
+            request_timeout: self.request_timeout,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Observe<S> {
+    inner: S,
+    request_timeout: Duration,
+}
+
+impl<S> Service<Request> for Observe<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        // The caller's id when it sent a usable one, else a fresh one; either
+        // way the handler, the logs and the response carry the same id.
+        let request_id = match request.headers().get(REQUEST_ID) {
+            Some(id) => id.clone(),
+            None => {
+                let id = new_request_id();
+                request.headers_mut().insert(REQUEST_ID, id.clone());
+                id
+            }
+        };
+        let route = request.extensions().get::<MatchedPath>().cloned();
+        let method = request.method().clone();
+        let span = tracing::info_span!(
+            "request",
+            method = %method,
+            route = route.as_ref().map_or("unmatched", MatchedPath::as_str),
+            request_id = request_id.to_str().unwrap_or(""),
+        );
+        let limit = self.request_timeout;
+        let handled = {
+            let _entered = span.enter();
+            self.inner.call(request)
+        };
+        Box::pin(
+            async move {
+                let _in_flight = InFlight::enter();
+                let started = Instant::now();
+                let outcome = AssertUnwindSafe(tokio::time::timeout(limit, handled))
+                    .catch_unwind()
+                    .await;
+                let mut response = match outcome {
+                    Ok(Ok(Ok(response))) => response,
+                    Ok(Err(_elapsed)) => {
+                        tracing::warn!(timeout_ms = limit.as_millis() as u64, "request timed out");
+                        ApiError::unavailable("the request took too long; retry later")
+                            .into_response()
+                    }
+                    Err(_panic) => ApiError::internal(&Panicked).into_response(),
+                };
+                let elapsed = started.elapsed();
+                let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+                record_duration(route, &method, response.status(), elapsed);
+                tracing::debug!(
+                    status = response.status().as_u16(),
+                    latency_us = elapsed.as_micros() as u64,
+                    "request finished"
+                );
+                response
+                    .headers_mut()
+                    .entry(REQUEST_ID)
+                    .or_insert(request_id);
+                Ok(response)
+            }
+            .instrument(span),
+        )
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("the handler panicked")]
 struct Panicked;
 
-fn make_span(request: &Request) -> tracing::Span {
-    let request_id = request
-        .headers()
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(MatchedPath::as_str)
-        .unwrap_or("unmatched");
-    tracing::info_span!(
-        "request",
-        method = %request.method(),
-        route,
-        request_id,
-    )
+/// A random (v4) request id, as a header value.
+fn new_request_id() -> HeaderValue {
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let text = Uuid::new_v4().hyphenated().encode_lower(&mut text);
+    HeaderValue::from_str(text).expect("a UUID is a valid header value")
 }
 
-/// Counts in-flight requests, bounds each request by `limit` (503 after it),
-/// and records its latency by route, method and status. One layer for the
-/// three: every layer costs a boxed future and a clone of the routes per request.
-async fn measure_with_timeout(limit: Duration, request: Request, next: Next) -> Response {
-    let route = request.extensions().get::<MatchedPath>().cloned();
-    let method = request.method().clone();
-    let in_flight = &metrics::hot_path().in_flight;
-    in_flight.increment(1.0);
-    // Decrements even if the client goes away and the future is dropped.
-    let _guard = scopeguard(|| in_flight.decrement(1.0));
-    let started = Instant::now();
-    let response = match tokio::time::timeout(limit, next.run(request)).await {
-        Ok(response) => response,
-        Err(_) => {
-            tracing::warn!(timeout_ms = limit.as_millis() as u64, "request timed out");
-            ApiError::unavailable("the request took too long; retry later").into_response()
-        }
-    };
-    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
-    request_duration(route, &method, response.status()).record(started.elapsed().as_secs_f64());
-    response
-}
+/// Counts a request in the in-flight gauge for as long as it lives, even
+/// when the client goes away and the request's future is dropped.
+struct InFlight;
 
-/// The latency histogram of one route, method and status, registered on first
-/// use and then found without allocating (the label set is small and fixed).
-fn request_duration(route: &str, method: &Method, status: StatusCode) -> Histogram {
-    type ByRoute = HashMap<Box<str>, HashMap<(Method, StatusCode), Histogram>>;
-    static HISTOGRAMS: OnceLock<RwLock<ByRoute>> = OnceLock::new();
-    let histograms = HISTOGRAMS.get_or_init(RwLock::default);
-    let key = (method.clone(), status);
-    if let Some(histogram) = histograms
-        .read()
-        .expect("lock is never poisoned")
-        .get(route)
-        .and_then(|by_key| by_key.get(&key))
-    {
-        return histogram.clone();
+impl InFlight {
+    fn enter() -> Self {
+        metrics::hot_path().in_flight.increment(1.0);
+        Self
     }
-    let histogram = ::metrics::histogram!(
-        metrics::HTTP_REQUEST_DURATION,
-        "route" => route.to_owned(),
-        "method" => method.as_str().to_owned(),
-        "status" => status.as_str().to_owned(),
-    );
-    histograms
-        .write()
-        .expect("lock is never poisoned")
-        .entry(route.into())
-        .or_default()
-        .insert(key, histogram.clone());
-    histogram
 }
 
-struct Guard<F: FnOnce()>(Option<F>);
-
-impl<F: FnOnce()> Drop for Guard<F> {
+impl Drop for InFlight {
     fn drop(&mut self) {
-        if let Some(f) = self.0.take() {
-            f();
-        }
+        metrics::hot_path().in_flight.decrement(1.0);
     }
 }
 
-fn scopeguard<F: FnOnce()>(f: F) -> Guard<F> {
-    Guard(Some(f))
+/// Methods with their own label; anything else is counted as `OTHER`, so a
+/// client cannot grow the label set.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        _ => "OTHER",
+    }
+}
+
+/// Records one request in the latency histogram of its route, method and
+/// status. Each worker thread keeps the handles it has used: found without a
+/// lock or a hash, registered only the first time a thread meets a label set.
+fn record_duration(route: &str, method: &Method, status: StatusCode, elapsed: Duration) {
+    type Seen = Vec<(Box<str>, &'static str, StatusCode, Histogram)>;
+    thread_local! {
+        static SEEN: RefCell<Seen> = const { RefCell::new(Vec::new()) };
+    }
+    let method = method_label(method);
+    SEEN.with_borrow_mut(|seen| {
+        let known = seen
+            .iter()
+            .position(|(r, m, s, _)| *s == status && *m == method && **r == *route);
+        let index = known.unwrap_or_else(|| {
+            let histogram = ::metrics::histogram!(
+                metrics::HTTP_REQUEST_DURATION,
+                "route" => route.to_owned(),
+                "method" => method,
+                "status" => status.as_str().to_owned(),
+            );
+            seen.push((route.into(), method, status, histogram));
+            seen.len() - 1
+        });
+        seen[index].3.record(elapsed.as_secs_f64());
+    })
 }
 
 /// `GET /metrics`: the Prometheus text exposition.
@@ -159,4 +218,87 @@ async fn render() -> impl IntoResponse {
         )],
         metrics::handle().render(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::{body::Body, routing::get};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    fn app() -> Router {
+        let routes = Router::new()
+            .route("/ok", get(|| async { "ok" }))
+            .route(
+                "/panics",
+                get(|| async {
+                    if true {
+                        panic!("handler bug");
+                    }
+                    "unreachable"
+                }),
+            )
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    "late"
+                }),
+            );
+        layered(routes, Duration::from_millis(50))
+    }
+
+    async fn send(request: Request) -> Response {
+        app().oneshot(request).await.unwrap()
+    }
+
+    fn get_request(path: &str) -> Request {
+        Request::get(path).body(Body::empty()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_request_without_an_id_gets_a_fresh_one() {
+        let first = send(get_request("/ok")).await;
+        let second = send(get_request("/ok")).await;
+        let first = first.headers()[REQUEST_ID].to_str().unwrap().to_owned();
+        let second = second.headers()[REQUEST_ID].to_str().unwrap();
+        assert!(Uuid::try_parse(&first).is_ok(), "{first}");
+        assert_ne!(first, second);
+    }
+
+    #[tokio::test]
+    async fn the_callers_id_is_answered_back() {
+        let request = Request::get("/ok")
+            .header(REQUEST_ID, "trace-me-7")
+            .body(Body::empty())
+            .unwrap();
+        let response = send(request).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()[REQUEST_ID], "trace-me-7");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_is_a_500_problem() {
+        let response = send(get_request("/panics")).await;
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            response.headers()[header::CONTENT_TYPE],
+            super::super::PROBLEM_JSON
+        );
+        assert!(response.headers().contains_key(REQUEST_ID));
+    }
+
+    #[tokio::test]
+    async fn a_slow_handler_is_cut_off_with_a_503() {
+        let response = send(get_request("/slow")).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(response.headers().contains_key(header::RETRY_AFTER));
+    }
+
+    #[test]
+    fn unknown_methods_share_one_label() {
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::from_bytes(b"BREW").unwrap()), "OTHER");
+    }
 }

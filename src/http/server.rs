@@ -21,6 +21,9 @@ pub struct ServerSettings {
     pub header_timeout: Duration,
     /// How long in-flight requests may run on after shutdown begins.
     pub grace: Duration,
+    /// Whether handlers need the client's address (`ConnectInfo`): only the
+    /// rate limiter does, and the extension costs an allocation per request.
+    pub client_addresses: bool,
 }
 
 /// Serves `router` on `listener` until `shutdown` is cancelled, then drains.
@@ -54,10 +57,13 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
+        let client_addresses = settings.client_addresses;
         let service = service_fn(move |mut request: hyper::Request<Incoming>| {
-            request
-                .extensions_mut()
-                .insert(ConnectInfo::<SocketAddr>(peer));
+            if client_addresses {
+                request
+                    .extensions_mut()
+                    .insert(ConnectInfo::<SocketAddr>(peer));
+            }
             router.clone().oneshot(request)
         });
         let connection = builder
