@@ -1,13 +1,14 @@
 //! [`RecordCache`] on Redis through a self-reconnecting `ConnectionManager`.
 
 use std::{
-    sync::Arc,
+    sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{CacheError, Cached, RecordCache, breaker::Breaker};
@@ -17,6 +18,16 @@ use crate::{config::RedisArgs, metrics};
 const BREAKER_THRESHOLD: u32 = 3;
 /// How long an open circuit skips Redis before one trial call.
 const BREAKER_COOLDOWN: Duration = Duration::from_secs(1);
+/// Most pending markers written in one pipeline.
+const MARK_BATCH: usize = 512;
+/// Markers that may wait for the writer before `mark_pending` waits too.
+const MARK_QUEUE: usize = 8192;
+
+/// A pending marker to write, and who waits for it.
+struct Mark {
+    id: Uuid,
+    written: oneshot::Sender<Result<(), Arc<CacheError>>>,
+}
 
 #[derive(Clone)]
 pub struct RedisCache {
@@ -26,6 +37,8 @@ pub struct RedisCache {
     record_ttl_secs: u64,
     pending_ttl_secs: u64,
     breaker: Arc<Breaker>,
+    /// The pending-marker writer, started on the first marker.
+    marks: Arc<OnceLock<mpsc::Sender<Mark>>>,
 }
 
 impl RedisCache {
@@ -46,7 +59,50 @@ impl RedisCache {
             record_ttl_secs: args.cache_ttl_secs,
             pending_ttl_secs: args.pending_ttl_secs,
             breaker: Arc::new(Breaker::new(BREAKER_THRESHOLD, BREAKER_COOLDOWN)),
+            marks: Arc::default(),
         })
+    }
+
+    /// Writes the pending markers of concurrent writes together: one
+    /// pipeline, one round trip and one wake-up of Redis for a whole batch,
+    /// where one command per write cost Redis more CPU than the write
+    /// itself (docs/PERFORMANCE.md). Each caller still waits until its own
+    /// marker is written, so a read right after the 202 sees it.
+    fn mark_writer(&self) -> &mpsc::Sender<Mark> {
+        self.marks.get_or_init(|| {
+            let (sender, receiver) = mpsc::channel(MARK_QUEUE);
+            // The writer's own handle has no sender of its own: when every
+            // other handle is gone, the channel closes and the writer ends.
+            let writer = Self {
+                marks: Arc::default(),
+                ..self.clone()
+            };
+            tokio::spawn(writer.write_marks(receiver));
+            sender
+        })
+    }
+
+    async fn write_marks(self, mut receiver: mpsc::Receiver<Mark>) {
+        let mut batch = Vec::with_capacity(MARK_BATCH);
+        while receiver.recv_many(&mut batch, MARK_BATCH).await > 0 {
+            let mut pipe = redis::pipe();
+            for mark in &batch {
+                pipe.cmd("SET")
+                    .arg(self.pending_key(mark.id))
+                    .arg(1)
+                    .arg("EX")
+                    .arg(self.pending_ttl_secs)
+                    .ignore();
+            }
+            let mut connection = self.connection.clone();
+            let written = self
+                .bounded(pipe.exec_async(&mut connection))
+                .await
+                .map_err(Arc::new);
+            for mark in batch.drain(..) {
+                let _ = mark.written.send(written.clone());
+            }
+        }
     }
 
     pub fn record_key(&self, id: Uuid) -> String {
@@ -112,16 +168,23 @@ impl RecordCache for RedisCache {
     }
 
     async fn mark_pending(&self, id: Uuid) -> Result<(), CacheError> {
-        let mut connection = self.connection.clone();
-        self.bounded(
-            redis::cmd("SET")
-                .arg(self.pending_key(id))
-                .arg(1)
-                .arg("EX")
-                .arg(self.pending_ttl_secs)
-                .exec_async(&mut connection),
-        )
-        .await
+        let (written, done) = oneshot::channel();
+        let queued = async {
+            self.mark_writer()
+                .send(Mark { id, written })
+                .await
+                .map_err(|_| CacheError::WriterGone)?;
+            match done.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(err)) => Err(CacheError::Batch(err)),
+                Err(_) => Err(CacheError::WriterGone),
+            }
+        };
+        // The batch bounds its own round trip; this bounds the wait for a
+        // place in a batch as well.
+        tokio::time::timeout(self.timeout * 2, queued)
+            .await
+            .unwrap_or(Err(CacheError::Timeout(self.timeout * 2)))
     }
 
     async fn clear_pending(&self, id: Uuid) -> Result<(), CacheError> {

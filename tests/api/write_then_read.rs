@@ -7,6 +7,31 @@ use uuid::Uuid;
 
 use crate::helpers::{TestApp, app_with_slow_store};
 
+/// Pending markers of concurrent writes are written together in batches;
+/// each 202 still waits for its own marker, so every id reads as pending at once.
+#[tokio::test]
+async fn concurrent_writes_each_read_as_pending_right_after_their_202() {
+    let app = TestApp::spawn().await;
+    let writes = (0..200).map(|n| {
+        let app = &app;
+        async move {
+            let response = app.post_value(&format!("concurrent {n}")).await;
+            assert_eq!(response.status(), 202);
+            let body: serde_json::Value = response.json().await.unwrap();
+            body["id"].as_str().unwrap().to_owned()
+        }
+    });
+    let ids = futures_util::future::join_all(writes).await;
+    let mut redis = app.sandbox.redis().await;
+    let prefix = &app.sandbox.cache_prefix;
+    for id in &ids {
+        let marked: bool = redis.exists(format!("{prefix}pending:{id}")).await.unwrap();
+        assert!(marked, "no pending marker for {id}");
+    }
+    let (status, body) = app.get(&format!("/data/{}", ids[0])).await;
+    assert_eq!((status, body["status"].as_str()), (202, Some("pending")));
+}
+
 #[tokio::test]
 async fn a_write_is_accepted_then_pending_then_readable_with_the_same_value() {
     let app = TestApp::spawn().await;
