@@ -6,7 +6,7 @@
 
 use std::{sync::OnceLock, time::Duration};
 
-use metrics::{Counter, Gauge};
+use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const HTTP_REQUEST_DURATION: &str = "http_request_duration_seconds";
@@ -69,13 +69,14 @@ pub fn handle() -> &'static PrometheusHandle {
     })
 }
 
-/// Handles of the metrics touched by every read, registered once: looking a
-/// metric up by name on each request costs more than recording it.
+/// Handles of the metrics touched by every request, registered once: looking
+/// a metric up by name on each request costs more than recording it.
 pub struct HotPath {
     pub in_flight: Gauge,
     pub cache_hits: Counter,
     pub cache_hits_memory: Counter,
     pub cache_misses: Counter,
+    pub publish_duration: Histogram,
 }
 
 /// The hot-path handles, registered (after the recorder) on first use.
@@ -88,6 +89,7 @@ pub fn hot_path() -> &'static HotPath {
             cache_hits: ::metrics::counter!(CACHE_HITS),
             cache_hits_memory: ::metrics::counter!(CACHE_HITS_MEMORY),
             cache_misses: ::metrics::counter!(CACHE_MISSES),
+            publish_duration: ::metrics::histogram!(PUBLISH_DURATION),
         }
     })
 }

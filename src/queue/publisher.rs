@@ -259,7 +259,8 @@ impl Publisher for RabbitPublisher {
             .unwrap_or(Err(PublishError::Timeout(timeout)));
         match &result {
             Ok(()) => {
-                ::metrics::histogram!(metrics::PUBLISH_DURATION)
+                metrics::hot_path()
+                    .publish_duration
                     .record(started.elapsed().as_secs_f64());
             }
             Err(err) => {
