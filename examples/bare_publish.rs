@@ -70,16 +70,34 @@ async fn main() -> anyhow::Result<()> {
     );
     // A benchmark leaves nothing behind: the queue goes a minute after its last use.
     arguments.insert("x-expires".into(), AMQPValue::LongInt(60_000));
-    channels[0]
-        .queue_declare(
-            queue.as_str().into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            arguments,
-        )
-        .await?;
+    // Publishing does not count as using a queue: re-declaring does, so the
+    // queue lives while this process does and expires a minute after it.
+    let declaring = channels[0].clone();
+    let declared = queue.clone();
+    let declare = move || {
+        let (channel, queue, arguments) = (declaring.clone(), declared.clone(), arguments.clone());
+        async move {
+            channel
+                .queue_declare(
+                    queue.as_str().into(),
+                    QueueDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    arguments,
+                )
+                .await
+        }
+    };
+    declare().await?;
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+            if let Err(err) = declare().await {
+                eprintln!("bare_publish: cannot re-declare the queue: {err}");
+            }
+        }
+    });
 
     let publisher = Arc::new(Publisher {
         channels,
