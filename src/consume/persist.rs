@@ -1,6 +1,6 @@
 //! The consumer's business step, free of any broker type: decode a batch,
 //! persist the valid messages in one statement (retrying with backoff while
-//! the database is unavailable), then write the records through to the cache.
+//! the database is unavailable), and write the records through to the cache.
 
 use std::{sync::Arc, time::Duration};
 
@@ -11,7 +11,7 @@ use uuid::Uuid;
 use crate::{
     backoff::Backoff,
     cache::RecordCache,
-    domain::{DataMessage, MessageError},
+    domain::{DataMessage, MessageError, Record},
     metrics,
     storage::RecordStore,
     telemetry::error_chain,
@@ -22,16 +22,16 @@ pub fn decode(payload: &[u8]) -> Result<DataMessage, MessageError> {
     DataMessage::decode(payload)
 }
 
-/// Persists `messages` (all valid) and refreshes the cache. Returns `false`
-/// only when `give_up` (shutdown, or the batch's channel closing) interrupted
-/// the retries before a commit: then nothing may be acknowledged.
+/// Persists `messages` (all valid) and returns the records the commit made
+/// (those not already there). Returns `None` only when `give_up` (shutdown,
+/// or the batch's channel closing) interrupted the retries before a commit:
+/// then nothing may be acknowledged.
 pub async fn persist(
     store: &Arc<dyn RecordStore>,
-    cache: &Arc<dyn RecordCache>,
     messages: &[DataMessage],
     max_backoff: Duration,
     give_up: &CancellationToken,
-) -> bool {
+) -> Option<Vec<Record>> {
     let mut backoff = Backoff::new(Duration::from_millis(50), max_backoff);
     let records = loop {
         let started = std::time::Instant::now();
@@ -57,7 +57,7 @@ pub async fn persist(
                             messages = messages.len(),
                             "giving up on the batch before it was persisted (shutdown or lost channel); the broker will redeliver it"
                         );
-                        return false;
+                        return None;
                     }
                 }
             }
@@ -66,15 +66,18 @@ pub async fn persist(
     let fresh = records.len().min(messages.len());
     ::metrics::counter!(metrics::CONSUMER_MESSAGES, "outcome" => "persisted")
         .increment(fresh as u64);
+    Some(records)
+}
 
+/// Caches committed records and clears their pending markers. A failure
+/// costs only speed: reads still find the records in the database.
+pub async fn write_through(cache: &Arc<dyn RecordCache>, records: &[Record]) {
     let entries: Vec<(Uuid, Bytes)> = records
         .iter()
         .map(|record| (record.id, Bytes::from(record.to_json())))
         .collect();
     if let Err(err) = cache.store_persisted(&entries).await {
-        // Reads still find the records in the database; only speed is lost.
         ::metrics::counter!(metrics::CACHE_ERRORS).increment(1);
         tracing::warn!(records = entries.len(), error = %error_chain(&err), "cache write-through failed");
     }
-    true
 }
