@@ -8,7 +8,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 K8S_VERSION=${SVC_K8S_VERSION:-1.31.0}
-PIP_TOOLS=(kubernetes-validate==1.37.0 check-jsonschema==0.29.4 PyYAML jsonschema)
+# check-jsonschema 0.33 is the first with the compose-spec schema built in.
+KUBERNETES_VALIDATE_VERSION=1.37.0
+CHECK_JSONSCHEMA_VERSION=0.39.0
+PIP_TOOLS=(kubernetes-validate==$KUBERNETES_VALIDATE_VERSION check-jsonschema==$CHECK_JSONSCHEMA_VERSION PyYAML jsonschema)
 
 log() { printf 'check-deploy: %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
@@ -28,7 +31,9 @@ ensure_tools() {
             { as_root rm -f /usr/sbin/policy-rc.d; die "cannot install ${packages[*]}"; }
         as_root rm -f /usr/sbin/policy-rc.d
     fi
-    if ! command -v kubernetes-validate >/dev/null || ! command -v check-jsonschema >/dev/null; then
+    # The pinned versions, not just any: an older check-jsonschema lacks schemas used below.
+    if ! python3 -m pip show kubernetes-validate 2>/dev/null | grep -qx "Version: $KUBERNETES_VALIDATE_VERSION" ||
+        ! python3 -m pip show check-jsonschema 2>/dev/null | grep -qx "Version: $CHECK_JSONSCHEMA_VERSION"; then
         log "installing ${PIP_TOOLS[*]}"
         python3 -m pip install -q --disable-pip-version-check "${PIP_TOOLS[@]}"
     fi
