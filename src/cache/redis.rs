@@ -182,9 +182,10 @@ impl RecordCache for RedisCache {
         };
         // The batch bounds its own round trip; this bounds the wait for a
         // place in a batch as well.
-        tokio::time::timeout(self.timeout * 2, queued)
+        let limit = self.timeout * 2;
+        tokio::time::timeout(limit, queued)
             .await
-            .unwrap_or(Err(CacheError::Timeout(self.timeout * 2)))
+            .unwrap_or(Err(CacheError::Timeout(limit)))
     }
 
     async fn clear_pending(&self, id: Uuid) -> Result<(), CacheError> {

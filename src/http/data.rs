@@ -217,11 +217,12 @@ async fn read(
     let id =
         Uuid::try_parse(&raw_id).map_err(|_| ApiError::bad_parameter("`id` must be a UUID"))?;
 
-    if let Some(body) = state.cache.lookup_local(id) {
-        metrics::hot_path().cache_hits.increment(1);
-        return Ok(json_body(StatusCode::OK, body));
-    }
-    let cached = match state.cache.lookup(id).await {
+    // The in-process cache first, without a future: the hot path of a warm read.
+    let looked_up = match state.cache.lookup_local(id) {
+        Some(body) => Ok(Cached::Record(body)),
+        None => state.cache.lookup(id).await,
+    };
+    let cached = match looked_up {
         Ok(Cached::Record(body)) => {
             metrics::hot_path().cache_hits.increment(1);
             return Ok(json_body(StatusCode::OK, body));

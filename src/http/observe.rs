@@ -77,8 +77,8 @@ where
     }
 
     fn call(&mut self, mut request: Request) -> Self::Future {
-        // The caller's id when it sent a usable one, else a fresh one; either
-        // way the handler, the logs and the response carry the same id.
+        // The caller's id when it sent one, else a fresh one; either way the
+        // handler, the logs and the response carry the same id.
         let request_id = match request.headers().get(REQUEST_ID) {
             Some(id) => id.clone(),
             None => {
@@ -92,7 +92,7 @@ where
         let span = tracing::info_span!(
             "request",
             method = %method,
-            route = route.as_ref().map_or("unmatched", MatchedPath::as_str),
+            route = route_label(route.as_ref()),
             request_id = request_id.to_str().unwrap_or(""),
         );
         let limit = self.request_timeout;
@@ -117,8 +117,12 @@ where
                     Err(_panic) => ApiError::internal(&Panicked).into_response(),
                 };
                 let elapsed = started.elapsed();
-                let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
-                record_duration(route, &method, response.status(), elapsed);
+                record_duration(
+                    route_label(route.as_ref()),
+                    &method,
+                    response.status(),
+                    elapsed,
+                );
                 tracing::debug!(
                     status = response.status().as_u16(),
                     latency_us = elapsed.as_micros() as u64,
@@ -138,6 +142,11 @@ where
 #[derive(Debug, thiserror::Error)]
 #[error("the handler panicked")]
 struct Panicked;
+
+/// The route label of logs and metrics: the matched route's pattern.
+fn route_label(route: Option<&MatchedPath>) -> &str {
+    route.map_or("unmatched", MatchedPath::as_str)
+}
 
 /// A random (v4) request id, as a header value.
 fn new_request_id() -> HeaderValue {
