@@ -75,32 +75,16 @@ async fn main() -> anyhow::Result<()> {
         "x-queue-type".into(),
         AMQPValue::LongString("quorum".into()),
     );
-    // A benchmark leaves nothing behind: the queue goes a minute after its last use.
+    // A benchmark leaves nothing behind: the queue goes a minute after its
+    // last use. Publishing does not count as a use, re-declaring does: so it
+    // is re-declared while this process runs.
     arguments.insert("x-expires".into(), AMQPValue::LongInt(60_000));
-    // Publishing does not count as using a queue: re-declaring does, so the
-    // queue lives while this process does and expires a minute after it.
-    let declaring = channels[0].clone();
-    let declared = queue.clone();
-    let declare = move || {
-        let (channel, queue, arguments) = (declaring.clone(), declared.clone(), arguments.clone());
-        async move {
-            channel
-                .queue_declare(
-                    queue.as_str().into(),
-                    QueueDeclareOptions {
-                        durable: true,
-                        ..Default::default()
-                    },
-                    arguments,
-                )
-                .await
-        }
-    };
-    declare().await?;
+    declare_queue(&channels[0], &queue, &arguments).await?;
+    let (channel, declared) = (channels[0].clone(), queue.clone());
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(std::time::Duration::from_secs(10)).await;
-            if let Err(err) = declare().await {
+            if let Err(err) = declare_queue(&channel, &declared, &arguments).await {
                 eprintln!("bare_publish: cannot re-declare the queue: {err}");
             }
         }
@@ -118,5 +102,23 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&address).await?;
     eprintln!("bare_publish listening on {address}");
     axum::serve(listener, app).await?;
+    Ok(())
+}
+
+async fn declare_queue(
+    channel: &Channel,
+    queue: &str,
+    arguments: &FieldTable,
+) -> lapin::Result<()> {
+    channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            arguments.clone(),
+        )
+        .await?;
     Ok(())
 }
