@@ -98,14 +98,16 @@ impl Application {
     pub fn build_with(args: &ServeArgs, state: AppState) -> anyhow::Result<Self> {
         let listener =
             bind(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
+        let http = http_settings(args);
         Ok(Self {
             listener,
-            router: http::router(state, &http_settings(args)),
             settings: ServerSettings {
                 header_timeout: Duration::from_millis(args.header_timeout_ms),
                 grace: Duration::from_secs(args.shutdown_grace_secs),
-                client_addresses: args.rate_limit_per_sec.is_some(),
+                // The rate limiter is the only reader of the client's address.
+                client_addresses: http.rate_limit.is_some(),
             },
+            router: http::router(state, &http),
         })
     }
 
