@@ -1,7 +1,7 @@
 //! The ceiling for `POST /data`: a bare axum handler that publishes one
 //! persistent message to a quorum queue and answers 202 once the broker has
-//! confirmed it. No validation, no cache, no metrics: only the confirmed
-//! publish, done well (a few long-lived confirm channels, each with many
+//! confirmed it (mandatory, so a message no queue takes is a failure). No
+//! validation, no cache, no metrics: only the confirmed publish, done well (a few long-lived confirm channels, each with many
 //! confirms in flight). `scripts/bench.sh` measures svc against it.
 //!
 //!     cargo run --release --example bare_publish -- 127.0.0.1:18300 amqp://guest:guest@127.0.0.1:5672/%2f bench.bare 4
@@ -13,10 +13,11 @@ use std::sync::{
 
 use axum::{Router, body::Bytes, extract::State, http::StatusCode, routing::post};
 use lapin::{
-    BasicProperties, Channel, Connection, ConnectionProperties,
-    options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions},
+    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties,
+    options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions},
     types::{AMQPValue, FieldTable},
 };
+use tokio::signal::unix::{SignalKind, signal};
 
 struct Publisher {
     channels: Vec<Channel>,
@@ -31,14 +32,19 @@ async fn publish(State(publisher): State<Arc<Publisher>>, body: Bytes) -> Status
         .basic_publish(
             "".into(),
             publisher.queue.as_str().into(),
-            BasicPublishOptions::default(),
+            // As svc does: a message no queue takes comes back as a failure
+            // instead of being confirmed.
+            BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
             &body,
             BasicProperties::default().with_delivery_mode(2),
         )
         .await;
     let failure = match confirm {
         Ok(confirm) => match confirm.await {
-            Ok(confirmation) if confirmation.is_ack() => return StatusCode::ACCEPTED,
+            Ok(Confirmation::Ack(None)) => return StatusCode::ACCEPTED,
             Ok(confirmation) => format!("not acknowledged: {confirmation:?}"),
             Err(err) => format!("confirm failed: {err}"),
         },
@@ -75,50 +81,47 @@ async fn main() -> anyhow::Result<()> {
         "x-queue-type".into(),
         AMQPValue::LongString("quorum".into()),
     );
-    // A benchmark leaves nothing behind: the queue goes a minute after its
-    // last use. Publishing does not count as a use, re-declaring does: so it
-    // is re-declared while this process runs.
-    arguments.insert("x-expires".into(), AMQPValue::LongInt(60_000));
-    declare_queue(&channels[0], &queue, &arguments).await?;
-    let (channel, declared) = (channels[0].clone(), queue.clone());
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(std::time::Duration::from_secs(10)).await;
-            if let Err(err) = declare_queue(&channel, &declared, &arguments).await {
-                eprintln!("bare_publish: cannot re-declare the queue: {err}");
-            }
-        }
-    });
+    channels[0]
+        .queue_declare(
+            queue.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            arguments,
+        )
+        .await?;
+    let cleanup = channels[0].clone();
 
     let publisher = Arc::new(Publisher {
         channels,
         next: AtomicUsize::new(0),
         failures: AtomicUsize::new(0),
-        queue,
+        queue: queue.clone(),
     });
     let app = Router::new()
         .route("/data", post(publish))
         .with_state(publisher);
     let listener = tokio::net::TcpListener::bind(&address).await?;
     eprintln!("bare_publish listening on {address}");
-    axum::serve(listener, app).await?;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(stopped())
+        .await?;
+    // A benchmark leaves nothing behind. (No `x-expires` instead: publishing
+    // does not count as using a queue, so it would vanish mid-run and the
+    // unroutable publishes would be confirmed at once, flattering this
+    // baseline.)
+    cleanup
+        .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+        .await?;
     Ok(())
 }
 
-async fn declare_queue(
-    channel: &Channel,
-    queue: &str,
-    arguments: &FieldTable,
-) -> lapin::Result<()> {
-    channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                durable: true,
-                ..Default::default()
-            },
-            arguments.clone(),
-        )
-        .await?;
-    Ok(())
+/// Resolves on SIGINT or SIGTERM.
+async fn stopped() {
+    let mut terminate = signal(SignalKind::terminate()).expect("can watch SIGTERM");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
 }
