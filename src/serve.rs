@@ -67,13 +67,13 @@ pub fn components(args: &ServeArgs) -> anyhow::Result<AppState> {
         }),
         cache,
         publisher,
+        args.max_in_flight as usize,
     ))
 }
 
 fn http_settings(args: &ServeArgs) -> HttpSettings {
     HttpSettings {
         request_timeout: Duration::from_millis(args.request_timeout_ms),
-        max_in_flight: args.max_in_flight as usize,
         rate_limit: args
             .rate_limit_per_sec
             .map(|per_second| (per_second, args.rate_limit_burst.unwrap_or(per_second))),

@@ -7,6 +7,7 @@
 //! bounded by a short timeout: a slow or absent cache costs speed, never
 //! correctness.
 
+pub mod batch;
 pub mod breaker;
 pub mod redis;
 pub mod tiered;
@@ -14,6 +15,8 @@ pub mod tiered;
 use async_trait::async_trait;
 use bytes::Bytes;
 use uuid::Uuid;
+
+pub use batch::Ticket;
 
 /// What the cache knows about one id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +41,8 @@ pub enum CacheError {
     Batch(#[source] std::sync::Arc<CacheError>),
     #[error("the cache's batch writer has stopped")]
     WriterGone,
+    #[error("too many cache writes are waiting; this one was skipped")]
+    Backlogged,
 }
 
 #[async_trait]
@@ -53,8 +58,10 @@ pub trait RecordCache: Send + Sync + 'static {
     /// Caches a record body read from the database.
     async fn store_record(&self, id: Uuid, body: Bytes) -> Result<(), CacheError>;
 
-    /// Marks an accepted write as pending until the consumer persists it.
-    async fn mark_pending(&self, id: Uuid) -> Result<(), CacheError>;
+    /// Starts marking an accepted write as pending until the consumer
+    /// persists it. Returns at once; the ticket says when the marker is
+    /// written (markers of concurrent writes share one round trip).
+    fn mark_pending(&self, id: Uuid) -> Ticket;
 
     /// Removes the marker of a write that was finally refused.
     async fn clear_pending(&self, id: Uuid) -> Result<(), CacheError>;

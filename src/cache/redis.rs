@@ -1,4 +1,14 @@
 //! [`RecordCache`] on Redis through a self-reconnecting `ConnectionManager`.
+//!
+//! Keys, all under the configured prefix (`svc:` by default):
+//! * `data:{id}`: the record's JSON body, with a TTL;
+//! * `pending:{minute}`: a hash whose fields are the ids accepted in that
+//!   minute (by the timestamp inside their UUID v7) and not persisted yet.
+//!   One hash per minute rather than one key per id: the markers of a batch
+//!   of writes go out as one `HSET` and one `EXPIREAT`, where a `SET ... EX`
+//!   per write cost Redis more CPU than the rest of the write
+//!   (docs/PERFORMANCE.md). The hash expires `SVC_PENDING_TTL_SECS` after
+//!   its minute ends, so a marker lives at least that long.
 
 use std::{
     sync::{Arc, OnceLock},
@@ -8,26 +18,21 @@ use std::{
 use async_trait::async_trait;
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::{CacheError, Cached, RecordCache, breaker::Breaker};
+use super::{CacheError, Cached, RecordCache, Ticket, batch::Batcher, breaker::Breaker};
 use crate::{config::RedisArgs, metrics};
 
 /// Failures in a row that open the circuit.
 const BREAKER_THRESHOLD: u32 = 3;
 /// How long an open circuit skips Redis before one trial call.
 const BREAKER_COOLDOWN: Duration = Duration::from_secs(1);
-/// Most pending markers written in one pipeline.
+/// Most pending markers written in one round trip.
 const MARK_BATCH: usize = 512;
-/// Markers that may wait for the writer before `mark_pending` waits too.
+/// The span of accept times whose pending markers share one hash.
+const PENDING_BUCKET_SECS: u64 = 60;
+/// Markers that may wait for a round trip; past it, writes go unmarked.
 const MARK_QUEUE: usize = 8192;
-
-/// A pending marker to write, and who waits for it.
-struct Mark {
-    id: Uuid,
-    written: oneshot::Sender<Result<(), Arc<CacheError>>>,
-}
 
 #[derive(Clone)]
 pub struct RedisCache {
@@ -38,7 +43,7 @@ pub struct RedisCache {
     pending_ttl_secs: u64,
     breaker: Arc<Breaker>,
     /// The pending-marker writer, started on the first marker.
-    marks: Arc<OnceLock<mpsc::Sender<Mark>>>,
+    marks: Arc<OnceLock<Batcher<Uuid>>>,
 }
 
 impl RedisCache {
@@ -64,53 +69,63 @@ impl RedisCache {
     }
 
     /// Writes the pending markers of concurrent writes together: one
-    /// pipeline, one round trip and one wake-up of Redis for a whole batch,
-    /// where one command per write cost Redis more CPU than the write
-    /// itself (docs/PERFORMANCE.md). Each caller still waits until its own
-    /// marker is written, so a read right after the 202 sees it.
-    fn mark_writer(&self) -> &mpsc::Sender<Mark> {
+    /// round trip and one wake-up of Redis for a whole batch, where one
+    /// command per write cost Redis more CPU than the write itself
+    /// (docs/PERFORMANCE.md). Each caller still learns when its own marker
+    /// is written, so a read right after the 202 sees it.
+    fn mark_writer(&self) -> &Batcher<Uuid> {
         self.marks.get_or_init(|| {
-            let (sender, receiver) = mpsc::channel(MARK_QUEUE);
-            // The writer's own handle has no sender of its own: when every
-            // other handle is gone, the channel closes and the writer ends.
+            // The writer's own handle has no batcher of its own: when every
+            // other handle is gone, the batcher is dropped and the writer ends.
             let writer = Self {
                 marks: Arc::default(),
                 ..self.clone()
             };
-            tokio::spawn(writer.write_marks(receiver));
-            sender
+            Batcher::spawn(MARK_BATCH, MARK_QUEUE, move |ids| {
+                let writer = writer.clone();
+                async move { writer.mark_all(&ids).await }
+            })
         })
     }
 
-    async fn write_marks(self, mut receiver: mpsc::Receiver<Mark>) {
-        let mut batch = Vec::with_capacity(MARK_BATCH);
-        while receiver.recv_many(&mut batch, MARK_BATCH).await > 0 {
-            let mut pipe = redis::pipe();
-            for mark in &batch {
-                pipe.cmd("SET")
-                    .arg(self.pending_key(mark.id))
-                    .arg(1)
-                    .arg("EX")
-                    .arg(self.pending_ttl_secs)
-                    .ignore();
+    /// One round trip for a whole batch: an `HSET` of every id into its
+    /// minute's hash, and that hash's expiry.
+    async fn mark_all(&self, ids: &[Uuid]) -> Result<(), CacheError> {
+        let mut pipe = redis::pipe();
+        for (bucket, ids) in by_bucket(ids) {
+            let mut hset = redis::cmd("HSET");
+            hset.arg(self.bucket_key(bucket));
+            for id in ids {
+                hset.arg(id.to_string()).arg(1);
             }
-            let mut connection = self.connection.clone();
-            let written = self
-                .bounded(pipe.exec_async(&mut connection))
-                .await
-                .map_err(Arc::new);
-            for mark in batch.drain(..) {
-                let _ = mark.written.send(written.clone());
-            }
+            pipe.add_command(hset).ignore();
+            pipe.cmd("EXPIREAT")
+                .arg(self.bucket_key(bucket))
+                .arg(bucket + PENDING_BUCKET_SECS + self.pending_ttl_secs)
+                .ignore();
         }
+        let mut connection = self.connection.clone();
+        self.bounded(pipe.exec_async(&mut connection)).await
     }
 
     pub fn record_key(&self, id: Uuid) -> String {
         format!("{}data:{}", self.prefix, id)
     }
 
-    pub fn pending_key(&self, id: Uuid) -> String {
-        format!("{}pending:{}", self.prefix, id)
+    fn bucket_key(&self, bucket: u64) -> String {
+        format!("{}pending:{}", self.prefix, bucket)
+    }
+
+    /// Adds to `pipe` the removal of the pending markers of `ids`.
+    fn unmark(&self, pipe: &mut redis::Pipeline, ids: &[Uuid]) {
+        for (bucket, ids) in by_bucket(ids) {
+            let mut hdel = redis::cmd("HDEL");
+            hdel.arg(self.bucket_key(bucket));
+            for id in ids {
+                hdel.arg(id.to_string());
+            }
+            pipe.add_command(hdel).ignore();
+        }
     }
 
     /// Runs one command within the timeout, through the circuit breaker.
@@ -139,18 +154,30 @@ impl RedisCache {
 impl RecordCache for RedisCache {
     async fn lookup(&self, id: Uuid) -> Result<Cached, CacheError> {
         let mut connection = self.connection.clone();
-        let (record, pending): (Option<Vec<u8>>, Option<Vec<u8>>) = self
+        let record_key = self.record_key(id);
+        // An id with no accept time in it was never accepted: only its record is looked up.
+        let Some((bucket_key, field)) = pending_marker(&self.prefix, id) else {
+            let record: Option<Vec<u8>> = self
+                .bounded(
+                    redis::cmd("GET")
+                        .arg(record_key)
+                        .query_async(&mut connection),
+                )
+                .await?;
+            return Ok(record.map_or(Cached::Miss, |body| Cached::Record(body.into())));
+        };
+        let (record, pending): (Option<Vec<u8>>, bool) = self
             .bounded(
-                redis::cmd("MGET")
-                    .arg(self.record_key(id))
-                    .arg(self.pending_key(id))
+                redis::pipe()
+                    .get(record_key)
+                    .hexists(bucket_key, field)
                     .query_async(&mut connection),
             )
             .await?;
         Ok(match (record, pending) {
-            (Some(body), _) => Cached::Record(Bytes::from(body)),
-            (None, Some(_)) => Cached::Pending,
-            (None, None) => Cached::Miss,
+            (Some(body), _) => Cached::Record(body.into()),
+            (None, true) => Cached::Pending,
+            (None, false) => Cached::Miss,
         })
     }
 
@@ -167,35 +194,15 @@ impl RecordCache for RedisCache {
         .await
     }
 
-    async fn mark_pending(&self, id: Uuid) -> Result<(), CacheError> {
-        let (written, done) = oneshot::channel();
-        let queued = async {
-            self.mark_writer()
-                .send(Mark { id, written })
-                .await
-                .map_err(|_| CacheError::WriterGone)?;
-            match done.await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(err)) => Err(CacheError::Batch(err)),
-                Err(_) => Err(CacheError::WriterGone),
-            }
-        };
-        // The batch bounds its own round trip; this bounds the wait for a
-        // place in a batch as well.
-        let limit = self.timeout * 2;
-        tokio::time::timeout(limit, queued)
-            .await
-            .unwrap_or(Err(CacheError::Timeout(limit)))
+    fn mark_pending(&self, id: Uuid) -> Ticket {
+        self.mark_writer().push(id)
     }
 
     async fn clear_pending(&self, id: Uuid) -> Result<(), CacheError> {
+        let mut pipe = redis::pipe();
+        self.unmark(&mut pipe, &[id]);
         let mut connection = self.connection.clone();
-        self.bounded(
-            redis::cmd("DEL")
-                .arg(self.pending_key(id))
-                .exec_async(&mut connection),
-        )
-        .await
+        self.bounded(pipe.exec_async(&mut connection)).await
     }
 
     async fn store_persisted(&self, records: &[(Uuid, Bytes)]) -> Result<(), CacheError> {
@@ -211,11 +218,8 @@ impl RecordCache for RedisCache {
                 .arg(self.record_ttl_secs)
                 .ignore();
         }
-        let mut del = redis::cmd("DEL");
-        for (id, _) in records {
-            del.arg(self.pending_key(*id));
-        }
-        pipe.add_command(del).ignore();
+        let ids: Vec<Uuid> = records.iter().map(|(id, _)| *id).collect();
+        self.unmark(&mut pipe, &ids);
         let mut connection = self.connection.clone();
         self.bounded(pipe.exec_async(&mut connection)).await
     }
@@ -224,5 +228,78 @@ impl RecordCache for RedisCache {
         let mut connection = self.connection.clone();
         self.bounded(redis::cmd("PING").exec_async(&mut connection))
             .await
+    }
+}
+
+/// The hash holding `id`'s pending marker, as its key under `prefix` and
+/// the field: `None` for an id with no accept time in it (not a UUID v7).
+pub fn pending_marker(prefix: &str, id: Uuid) -> Option<(String, String)> {
+    let bucket = pending_bucket(id)?;
+    Some((format!("{prefix}pending:{bucket}"), id.to_string()))
+}
+
+/// The start (Unix seconds) of the minute in which `id` was accepted.
+fn pending_bucket(id: Uuid) -> Option<u64> {
+    let (secs, _) = id.get_timestamp()?.to_unix();
+    Some(secs - secs % PENDING_BUCKET_SECS)
+}
+
+/// `ids` grouped by the minute they were accepted in (ids without one are
+/// left out: they cannot be pending). A batch nearly always falls in one.
+fn by_bucket(ids: &[Uuid]) -> Vec<(u64, Vec<Uuid>)> {
+    let mut buckets: Vec<(u64, Vec<Uuid>)> = Vec::new();
+    for &id in ids {
+        let Some(bucket) = pending_bucket(id) else {
+            continue;
+        };
+        match buckets.iter_mut().find(|(b, _)| *b == bucket) {
+            Some((_, members)) => members.push(id),
+            None => buckets.push((bucket, vec![id])),
+        }
+    }
+    buckets
+}
+
+#[cfg(test)]
+mod tests {
+    use uuid::{NoContext, Timestamp};
+
+    use super::*;
+
+    /// 2025-11-24 16:00:00 UTC, the start of a minute.
+    const MINUTE: u64 = 1_764_000_000;
+
+    fn accepted_at(unix_secs: u64) -> Uuid {
+        Uuid::new_v7(Timestamp::from_unix(NoContext, unix_secs, 0))
+    }
+
+    #[test]
+    fn ids_of_one_minute_share_a_bucket() {
+        let start = MINUTE;
+        assert_eq!(start % 60, 0);
+        assert_eq!(pending_bucket(accepted_at(start)), Some(start));
+        assert_eq!(pending_bucket(accepted_at(start + 59)), Some(start));
+        assert_eq!(pending_bucket(accepted_at(start + 60)), Some(start + 60));
+        assert_eq!(pending_bucket(Uuid::new_v4()), None);
+    }
+
+    #[test]
+    fn a_batch_is_grouped_by_minute_and_keeps_its_order() {
+        let start = MINUTE;
+        let (a, b, c) = (
+            accepted_at(start),
+            accepted_at(start + 61),
+            accepted_at(start + 1),
+        );
+        let grouped = by_bucket(&[a, b, Uuid::new_v4(), c]);
+        assert_eq!(grouped, vec![(start, vec![a, c]), (start + 60, vec![b])]);
+    }
+
+    #[test]
+    fn the_marker_is_found_under_the_prefix() {
+        let id = accepted_at(MINUTE + 7);
+        let (key, field) = pending_marker("svc:", id).unwrap();
+        assert_eq!(key, format!("svc:pending:{MINUTE}"));
+        assert_eq!(field, id.to_string());
     }
 }

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use quick_cache::{Weighter, sync::Cache};
 use uuid::Uuid;
 
-use super::{CacheError, Cached, RecordCache};
+use super::{CacheError, Cached, RecordCache, Ticket};
 use crate::metrics;
 
 /// Weighs an entry by its body plus the key and bookkeeping around it.
@@ -67,8 +67,8 @@ impl RecordCache for TieredCache {
         self.shared.store_record(id, body).await
     }
 
-    async fn mark_pending(&self, id: Uuid) -> Result<(), CacheError> {
-        self.shared.mark_pending(id).await
+    fn mark_pending(&self, id: Uuid) -> Ticket {
+        self.shared.mark_pending(id)
     }
 
     async fn clear_pending(&self, id: Uuid) -> Result<(), CacheError> {

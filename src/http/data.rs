@@ -3,11 +3,12 @@
 use axum::{
     Json, Router,
     body::Bytes,
-    extract::{Path, RawQuery, State, rejection::BytesRejection},
+    extract::{Path, RawQuery, Request, State},
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
 };
+use http_body_util::LengthLimitError;
 use serde::{Deserialize, Serialize};
 use serde_json::error::Category;
 use uuid::Uuid;
@@ -119,21 +120,12 @@ fn is_json(headers: &HeaderMap) -> bool {
     ),
     operation_id = "create_record"
 )]
-async fn create(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    if !is_json(&headers) {
+async fn create(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
+    let _admitted = state.in_flight.admit()?;
+    if !is_json(request.headers()) {
         return Err(ApiError::unsupported_media_type());
     }
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::payload_too_large(MAX_BODY_BYTES)
-        } else {
-            ApiError::malformed_json("the body could not be read")
-        }
-    })?;
+    let body = read_body(request).await?;
     let request: CreateData =
         serde_json::from_slice(&body).map_err(|err| match err.classify() {
             // Valid JSON of the wrong shape: `value` missing, null, or not a string.
@@ -146,26 +138,27 @@ async fn create(
 
     let message = DataMessage::accept(request.value);
     let id = message.id;
-    // The marker and the publish go out together. If the consumer's removal of
-    // the marker wins the race, the marker outlives the write: harmless, since
-    // a read of a pending id still looks in the database first.
-    let (marked, published) = tokio::join!(
-        state.cache.mark_pending(id),
-        state.publisher.publish(&message)
-    );
-    if let Err(err) = marked {
-        ::metrics::counter!(metrics::CACHE_ERRORS).increment(1);
-        tracing::warn!(%id, error = %error_chain(&err), "cannot mark the write pending");
-    }
-    if let Err(err) = published {
+    // The marker goes out first and the publish right after, so their round
+    // trips overlap; the marker's is nearly always over when the confirm
+    // arrives. If the consumer's removal of the marker wins the race, the
+    // marker outlives the write: harmless, since a read of a pending id
+    // still looks in the database first.
+    let marking = state.cache.mark_pending(id);
+    if let Err(err) = state.publisher.publish(&message).await {
         tracing::warn!(%id, error = %error_chain(&err), "write refused: not confirmed by the broker");
         let cache = state.cache.clone();
         tokio::spawn(async move {
+            // Once written, or the removal could come first and leave it.
+            let _ = marking.written().await;
             let _ = cache.clear_pending(id).await;
         });
         return Err(ApiError::unavailable(
             "the write could not be queued durably; it was not accepted, retry later",
         ));
+    }
+    if let Err(err) = marking.written().await {
+        ::metrics::counter!(metrics::CACHE_ERRORS).increment(1);
+        tracing::warn!(%id, error = %error_chain(&err), "cannot mark the write pending");
     }
 
     let location = HeaderValue::try_from(format!("/data/{id}")).expect("a path is a valid header");
@@ -178,6 +171,20 @@ async fn create(
         }),
     )
         .into_response())
+}
+
+/// The request body, at most `MAX_BODY_BYTES` of it (a declared length over
+/// that is refused before anything is read).
+async fn read_body(request: Request) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(request.into_body(), MAX_BODY_BYTES)
+        .await
+        .map_err(|err| {
+            if err.into_inner().is::<LengthLimitError>() {
+                ApiError::payload_too_large(MAX_BODY_BYTES)
+            } else {
+                ApiError::malformed_json("the body could not be read")
+            }
+        })
 }
 
 /// Outcome of a coalesced database read, shared by every waiting request.
@@ -214,6 +221,7 @@ async fn read(
     State(state): State<AppState>,
     Path(raw_id): Path<String>,
 ) -> Result<Response, ApiError> {
+    let _admitted = state.in_flight.admit()?;
     let id =
         Uuid::try_parse(&raw_id).map_err(|_| ApiError::bad_parameter("`id` must be a UUID"))?;
 
@@ -320,6 +328,7 @@ async fn list(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Page>, ApiError> {
+    let _admitted = state.in_flight.admit()?;
     let params: ListParams = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
         .map_err(|_| ApiError::bad_parameter("the query string is malformed"))?;
     let limit = match params.limit.as_deref() {

@@ -4,14 +4,11 @@
 
 use std::{
     collections::HashMap,
-    convert::Infallible,
     net::{IpAddr, SocketAddr},
-    pin::Pin,
     sync::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
     },
-    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
@@ -21,106 +18,47 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Response},
 };
-use futures_util::future::{Either, Ready, ready};
-use pin_project_lite::pin_project;
-use tower::{Layer, Service};
 
 use super::ApiError;
 
-/// Requests allowed in `/data` handlers at once; past it, 503 at once. A
-/// layer of its own (no boxed future, no semaphore): it is on every request.
-#[derive(Clone)]
+/// Requests allowed in `/data` handlers at once; past it, 503 at once.
+/// Checked by the handlers themselves (one atomic counter, no layer of its
+/// own): it is on every request.
+#[derive(Debug)]
 pub struct InFlightLimit {
-    admitted: Arc<AtomicUsize>,
+    admitted: AtomicUsize,
     max: usize,
 }
 
 impl InFlightLimit {
     pub fn new(max: usize) -> Self {
         Self {
-            admitted: Arc::default(),
+            admitted: AtomicUsize::new(0),
             max,
         }
     }
 
-    fn try_admit(&self) -> Option<Admission> {
+    /// A place for one request, held until the returned guard is dropped;
+    /// a 503 problem when every place is taken.
+    pub fn admit(&self) -> Result<Admission<'_>, ApiError> {
         if self.admitted.fetch_add(1, Ordering::AcqRel) >= self.max {
             self.admitted.fetch_sub(1, Ordering::AcqRel);
-            return None;
+            ::metrics::counter!(crate::metrics::HTTP_SHED).increment(1);
+            return Err(ApiError::unavailable(
+                "the server is at capacity; retry shortly",
+            ));
         }
-        Some(Admission(self.admitted.clone()))
+        Ok(Admission(&self.admitted))
     }
 }
 
 /// One admitted request; leaving (or being dropped) frees its place.
-struct Admission(Arc<AtomicUsize>);
+#[must_use = "the place is freed when the admission is dropped"]
+pub struct Admission<'a>(&'a AtomicUsize);
 
-impl Drop for Admission {
+impl Drop for Admission<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-impl<S> Layer<S> for InFlightLimit {
-    type Service = ShedOverload<S>;
-
-    fn layer(&self, inner: S) -> ShedOverload<S> {
-        ShedOverload {
-            inner,
-            limit: self.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct ShedOverload<S> {
-    inner: S,
-    limit: InFlightLimit,
-}
-
-impl<S> Service<Request> for ShedOverload<S>
-where
-    S: Service<Request, Response = Response, Error = Infallible>,
-{
-    type Response = Response;
-    type Error = Infallible;
-    type Future = Either<Ready<Result<Response, Infallible>>, Admitted<S::Future>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        match self.limit.try_admit() {
-            Some(admission) => Either::Right(Admitted {
-                handled: self.inner.call(request),
-                _admission: admission,
-            }),
-            None => {
-                ::metrics::counter!(crate::metrics::HTTP_SHED).increment(1);
-                Either::Left(ready(Ok(ApiError::unavailable(
-                    "the server is at capacity; retry shortly",
-                )
-                .into_response())))
-            }
-        }
-    }
-}
-
-pin_project! {
-    /// An admitted request's response, holding its place until it is done.
-    pub struct Admitted<F> {
-        #[pin]
-        handled: F,
-        _admission: Admission,
-    }
-}
-
-impl<F: Future> Future for Admitted<F> {
-    type Output = F::Output;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
-        self.project().handled.poll(cx)
     }
 }
 
@@ -259,6 +197,20 @@ mod tests {
     use super::*;
 
     const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    #[test]
+    fn places_are_taken_and_given_back() {
+        let limit = InFlightLimit::new(2);
+        let first = limit.admit().unwrap();
+        let _second = limit.admit().unwrap();
+        let refused = limit.admit().err().unwrap().into_response();
+        assert_eq!(
+            refused.status(),
+            axum::http::StatusCode::SERVICE_UNAVAILABLE
+        );
+        drop(first);
+        assert!(limit.admit().is_ok());
+    }
 
     #[test]
     fn a_burst_is_allowed_then_the_rate_applies() {

@@ -13,7 +13,6 @@ use std::{sync::Arc, time::Duration};
 
 use axum::{
     Router,
-    extract::DefaultBodyLimit,
     http::{HeaderName, HeaderValue, Method, header},
     middleware,
     response::IntoResponse,
@@ -42,19 +41,25 @@ pub struct Components {
     pub publisher: Arc<dyn Publisher>,
     /// Coalesces concurrent database reads of the same id.
     reads: SingleFlight<Uuid, data::Loaded>,
+    /// Bounds the requests in `/data` handlers at once.
+    in_flight: guard::InFlightLimit,
 }
 
 impl AppState {
+    /// The parts handlers use; at most `max_in_flight` requests are in
+    /// `/data` handlers at once (`SVC_MAX_IN_FLIGHT`).
     pub fn new(
         store: Arc<dyn RecordStore>,
         cache: Arc<dyn RecordCache>,
         publisher: Arc<dyn Publisher>,
+        max_in_flight: usize,
     ) -> Self {
         Self(Arc::new(Components {
             store,
             cache,
             publisher,
             reads: SingleFlight::default(),
+            in_flight: guard::InFlightLimit::new(max_in_flight),
         }))
     }
 }
@@ -71,7 +76,6 @@ impl std::ops::Deref for AppState {
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
     pub request_timeout: Duration,
-    pub max_in_flight: usize,
     /// Requests per second and burst per client address, when limited.
     pub rate_limit: Option<(u32, u32)>,
     /// Keys that writes need; empty: writes are open.
@@ -83,9 +87,12 @@ pub struct HttpSettings {
 /// The whole API, ready to serve.
 pub fn router(state: AppState, settings: &HttpSettings) -> Router {
     crate::metrics::handle();
-    // Layers run outermost first: the rate limit, then the key, then the
-    // in-flight bound, so neither floods nor strangers take capacity.
-    let mut data = data::router().route_layer(guard::InFlightLimit::new(settings.max_in_flight));
+    // Layers run outermost first: the rate limit, then the key; the handlers
+    // then take their in-flight place, so neither floods nor strangers take
+    // capacity. (The body limit, `MAX_BODY_BYTES`, is applied by the one
+    // handler that reads a body: a layer on every route would cost every
+    // request.)
+    let mut data = data::router();
     if !settings.api_keys.is_empty() {
         data = data.route_layer(middleware::from_fn_with_state(
             guard::ApiKeys::new(&settings.api_keys),
@@ -104,7 +111,6 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
         .with_state(state)
         .merge(observe::metrics_router())
         .merge(docs::router())
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed);
     if let Some(cors) = cors(&settings.cors_origins) {

@@ -10,6 +10,7 @@ use std::{
     cell::RefCell,
     convert::Infallible,
     panic::AssertUnwindSafe,
+    pin::Pin,
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -22,9 +23,11 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use futures_util::{FutureExt, future::BoxFuture};
+use futures_util::{FutureExt, future::CatchUnwind};
+use pin_project_lite::pin_project;
+use tokio::time::Sleep;
 use tower::{Layer, Service};
-use tracing::Instrument;
+use tracing::Span;
 use uuid::Uuid;
 
 use super::ApiError;
@@ -65,12 +68,11 @@ pub struct Observe<S> {
 
 impl<S> Service<Request> for Observe<S>
 where
-    S: Service<Request, Response = Response, Error = Infallible> + Send + 'static,
-    S::Future: Send + 'static,
+    S: Service<Request, Response = Response, Error = Infallible>,
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+    type Future = Observed<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
@@ -95,47 +97,88 @@ where
             route = route_label(route.as_ref()),
             request_id = request_id.to_str().unwrap_or(""),
         );
-        let limit = self.request_timeout;
         let handled = {
             let _entered = span.enter();
             self.inner.call(request)
         };
-        Box::pin(
-            async move {
-                let _in_flight = InFlight::enter();
-                let started = Instant::now();
-                let outcome = AssertUnwindSafe(tokio::time::timeout(limit, handled))
-                    .catch_unwind()
-                    .await;
-                let mut response = match outcome {
-                    Ok(Ok(Ok(response))) => response,
-                    Ok(Err(_elapsed)) => {
-                        tracing::warn!(timeout_ms = limit.as_millis() as u64, "request timed out");
-                        ApiError::unavailable("the request took too long; retry later")
-                            .into_response()
-                    }
-                    Err(_panic) => ApiError::internal(&Panicked).into_response(),
-                };
-                let elapsed = started.elapsed();
-                record_duration(
-                    route_label(route.as_ref()),
-                    &method,
-                    response.status(),
-                    elapsed,
+        Observed {
+            handled: AssertUnwindSafe(handled).catch_unwind(),
+            deadline: None,
+            limit: self.request_timeout,
+            started: Instant::now(),
+            span,
+            request_id: Some(request_id),
+            route,
+            method,
+            _in_flight: InFlight::enter(),
+        }
+    }
+}
+
+pin_project! {
+    /// A request in progress: its handler's future, bounded in time and
+    /// guarded against panics, measured and logged when it ends. A named
+    /// future rather than a boxed `async` block: it is on every request.
+    pub struct Observed<F> {
+        #[pin]
+        handled: CatchUnwind<AssertUnwindSafe<F>>,
+        // Armed only when the handler does not answer on its first poll: a
+        // warm read never touches the timer wheel.
+        #[pin]
+        deadline: Option<Sleep>,
+        limit: Duration,
+        started: Instant,
+        span: Span,
+        request_id: Option<HeaderValue>,
+        route: Option<MatchedPath>,
+        method: Method,
+        _in_flight: InFlight,
+    }
+}
+
+impl<F> Future for Observed<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let _entered = this.span.enter();
+        let mut response = match this.handled.poll(cx) {
+            Poll::Ready(Ok(Ok(response))) => response,
+            Poll::Ready(Err(_panic)) => ApiError::internal(&Panicked).into_response(),
+            Poll::Pending => {
+                if this.deadline.is_none() {
+                    let at = tokio::time::Instant::from_std(*this.started + *this.limit);
+                    this.deadline.set(Some(tokio::time::sleep_until(at)));
+                }
+                let deadline = this.deadline.as_pin_mut().expect("armed above");
+                if deadline.poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                tracing::warn!(
+                    timeout_ms = this.limit.as_millis() as u64,
+                    "request timed out"
                 );
-                tracing::debug!(
-                    status = response.status().as_u16(),
-                    latency_us = elapsed.as_micros() as u64,
-                    "request finished"
-                );
-                response
-                    .headers_mut()
-                    .entry(REQUEST_ID)
-                    .or_insert(request_id);
-                Ok(response)
+                ApiError::unavailable("the request took too long; retry later").into_response()
             }
-            .instrument(span),
-        )
+        };
+        let elapsed = this.started.elapsed();
+        let route = route_label(this.route.as_ref());
+        record_duration(route, this.method, response.status(), elapsed);
+        tracing::debug!(
+            status = response.status().as_u16(),
+            latency_us = elapsed.as_micros() as u64,
+            "request finished"
+        );
+        if let Some(request_id) = this.request_id.take() {
+            response
+                .headers_mut()
+                .entry(REQUEST_ID)
+                .or_insert(request_id);
+        }
+        Poll::Ready(Ok(response))
     }
 }
 

@@ -204,6 +204,15 @@ impl Sandbox {
             .unwrap_or_else(|err| panic!("Redis is not reachable at {}: {err}", redis_url()))
     }
 
+    /// Whether Redis holds the pending marker of `id`.
+    pub async fn is_marked_pending(&self, id: Uuid) -> bool {
+        let (key, field) = svc::cache::redis::pending_marker(&self.cache_prefix, id)
+            .expect("ids answered by svc are UUID v7");
+        redis::AsyncCommands::hexists(&mut self.redis().await, key, field)
+            .await
+            .unwrap()
+    }
+
     pub async fn amqp_channel(&self) -> (Connection, Channel) {
         let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
             .await
@@ -621,6 +630,11 @@ pub async fn app_with_slow_store(extra: &[&str]) -> (TestApp, Arc<CountingStore>
         channels: 1,
         confirm_timeout: Duration::from_secs(1),
     });
-    let state = AppState::new(counting.clone(), cache, publisher as Arc<dyn Publisher>);
+    let state = AppState::new(
+        counting.clone(),
+        cache,
+        publisher as Arc<dyn Publisher>,
+        args.max_in_flight as usize,
+    );
     (TestApp::start(sandbox, &args, state), counting, message)
 }

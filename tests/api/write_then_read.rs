@@ -22,10 +22,8 @@ async fn concurrent_writes_each_read_as_pending_right_after_their_202() {
         }
     });
     let ids = futures_util::future::join_all(writes).await;
-    let mut redis = app.sandbox.redis().await;
-    let prefix = &app.sandbox.cache_prefix;
     for id in &ids {
-        let marked: bool = redis.exists(format!("{prefix}pending:{id}")).await.unwrap();
+        let marked = app.sandbox.is_marked_pending(id.parse().unwrap()).await;
         assert!(marked, "no pending marker for {id}");
     }
     let (status, body) = app.get(&format!("/data/{}", ids[0])).await;
@@ -64,8 +62,7 @@ async fn a_write_is_accepted_then_pending_then_readable_with_the_same_value() {
         serde_json::from_str::<serde_json::Value>(&cached.unwrap()).unwrap(),
         record
     );
-    let pending: bool = redis.exists(format!("{prefix}pending:{id}")).await.unwrap();
-    assert!(!pending);
+    assert!(!app.sandbox.is_marked_pending(id).await);
 
     consumer.stop().await;
     assert_eq!(app.sandbox.row_count().await, 1);

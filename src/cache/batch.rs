@@ -1,0 +1,231 @@
+//! Collects small writes from concurrent callers into one round trip.
+//!
+//! Each caller hands over its item and gets a [`Ticket`] at once; one
+//! background task flushes whatever has gathered, one flush at a time, so a
+//! flush carries every item that arrived while the previous one was on the
+//! wire. A caller can do other work (the broker's confirm) and look at its
+//! ticket afterwards: by then the flush is usually over, and the ticket
+//! answers without waking anyone. No timer per caller: the flush bounds its
+//! own round trip, so a ticket waits at most for two of them.
+
+use std::{
+    future::Future,
+    sync::{Arc, Mutex, OnceLock},
+};
+
+use tokio::sync::Notify;
+
+use super::CacheError;
+
+/// The outcome of one flush, shared by every item it carried.
+#[derive(Default)]
+struct Outcome {
+    result: OnceLock<Result<(), Arc<CacheError>>>,
+    settled: Notify,
+}
+
+impl Outcome {
+    fn settle(&self, result: Result<(), Arc<CacheError>>) {
+        let _ = self.result.set(result);
+        self.settled.notify_waiters();
+    }
+}
+
+/// Items waiting for the next flush, and the outcome they will share.
+struct Gathering<T> {
+    items: Vec<T>,
+    outcome: Arc<Outcome>,
+}
+
+struct Shared<T> {
+    gathering: Mutex<Gathering<T>>,
+    /// Wakes the flushing task: a stored permit, so no wake-up is lost.
+    work: Notify,
+    /// Items that may wait at once; past it, callers are refused at once.
+    max_waiting: usize,
+}
+
+/// A batching writer; dropping it stops its task once the last flush ends.
+pub struct Batcher<T> {
+    shared: Arc<Shared<T>>,
+}
+
+impl<T: Send + 'static> Batcher<T> {
+    /// Starts the task that passes gathered items to `flush`, at most
+    /// `max_batch` at a time, with at most `max_waiting` items waiting.
+    pub fn spawn<F, Fut>(max_batch: usize, max_waiting: usize, flush: F) -> Self
+    where
+        F: Fn(Vec<T>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), CacheError>> + Send + 'static,
+    {
+        let shared = Arc::new(Shared {
+            gathering: Mutex::new(Gathering {
+                items: Vec::new(),
+                outcome: Arc::default(),
+            }),
+            work: Notify::new(),
+            max_waiting,
+        });
+        tokio::spawn(flush_while_used(shared.clone(), max_batch, flush));
+        Self { shared }
+    }
+
+    /// Hands `item` to the next flush.
+    pub fn push(&self, item: T) -> Ticket {
+        let mut gathering = self.shared.gathering.lock().expect("never poisoned");
+        if gathering.items.len() >= self.shared.max_waiting {
+            return Ticket(Err(CacheError::Backlogged));
+        }
+        gathering.items.push(item);
+        let outcome = gathering.outcome.clone();
+        let first = gathering.items.len() == 1;
+        drop(gathering);
+        if first {
+            self.shared.work.notify_one();
+        }
+        Ticket(Ok(outcome))
+    }
+}
+
+impl<T> Drop for Batcher<T> {
+    fn drop(&mut self) {
+        self.shared.work.notify_one();
+    }
+}
+
+async fn flush_while_used<T, F, Fut>(shared: Arc<Shared<T>>, max_batch: usize, flush: F)
+where
+    F: Fn(Vec<T>) -> Fut,
+    Fut: Future<Output = Result<(), CacheError>>,
+{
+    loop {
+        shared.work.notified().await;
+        // Only this task holds it: every batcher handle is gone.
+        let in_use = Arc::strong_count(&shared) > 1;
+        let (mut items, outcome) = {
+            let mut gathering = shared.gathering.lock().expect("never poisoned");
+            (
+                std::mem::take(&mut gathering.items),
+                std::mem::take(&mut gathering.outcome),
+            )
+        };
+        // Everything gathered shares one outcome, settled once all of it is
+        // written (in round trips of at most `max_batch` items).
+        let mut result = if in_use {
+            Ok(())
+        } else {
+            Err(CacheError::WriterGone)
+        };
+        while result.is_ok() && !items.is_empty() {
+            let rest = items.split_off(items.len().min(max_batch));
+            result = flush(items).await;
+            items = rest;
+        }
+        outcome.settle(result.map_err(Arc::new));
+        if !in_use {
+            return;
+        }
+    }
+}
+
+/// A caller's claim on the flush that carries its item.
+#[must_use = "a ticket says whether the item was written"]
+pub struct Ticket(Result<Arc<Outcome>, CacheError>);
+
+impl Ticket {
+    /// Waits until the flush carrying the item is over, and says how it went.
+    pub async fn written(self) -> Result<(), CacheError> {
+        let outcome = self.0?;
+        loop {
+            let settled = outcome.settled.notified();
+            tokio::pin!(settled);
+            // Registered before looking, so a flush ending in between still wakes us.
+            settled.as_mut().enable();
+            if let Some(result) = outcome.result.get() {
+                return result.clone().map_err(CacheError::Batch);
+            }
+            settled.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// A batcher whose flushes record their sizes, failing when told to.
+    fn recording(max_batch: usize, fail: bool) -> (Batcher<u32>, Arc<Mutex<Vec<usize>>>) {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let seen = sizes.clone();
+        let batcher = Batcher::spawn(max_batch, 4, move |items: Vec<u32>| {
+            seen.lock().unwrap().push(items.len());
+            async move {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                if fail {
+                    Err(CacheError::Timeout(Duration::from_millis(5)))
+                } else {
+                    Ok(())
+                }
+            }
+        });
+        (batcher, sizes)
+    }
+
+    #[tokio::test]
+    async fn items_handed_over_together_share_one_flush() {
+        let (batcher, sizes) = recording(16, false);
+        let tickets: Vec<Ticket> = (0..3).map(|n| batcher.push(n)).collect();
+        for ticket in tickets {
+            ticket.written().await.unwrap();
+        }
+        assert_eq!(*sizes.lock().unwrap(), vec![3]);
+        // A later item gets a flush of its own.
+        batcher.push(9).written().await.unwrap();
+        assert_eq!(*sizes.lock().unwrap(), vec![3, 1]);
+    }
+
+    #[tokio::test]
+    async fn a_gathering_larger_than_a_batch_takes_several_round_trips() {
+        let (batcher, sizes) = recording(2, false);
+        let tickets: Vec<Ticket> = (0..4).map(|n| batcher.push(n)).collect();
+        for ticket in tickets {
+            ticket.written().await.unwrap();
+        }
+        assert_eq!(*sizes.lock().unwrap(), vec![2, 2]);
+    }
+
+    #[tokio::test]
+    async fn every_item_of_a_failed_flush_sees_the_failure() {
+        let (batcher, _) = recording(16, true);
+        let (first, second) = (batcher.push(1), batcher.push(2));
+        assert!(matches!(first.written().await, Err(CacheError::Batch(_))));
+        assert!(matches!(second.written().await, Err(CacheError::Batch(_))));
+    }
+
+    #[tokio::test]
+    async fn past_the_waiting_bound_items_are_refused_at_once() {
+        let (batcher, _) = recording(16, false);
+        let accepted: Vec<Ticket> = (0..4).map(|n| batcher.push(n)).collect();
+        assert!(matches!(
+            batcher.push(5).written().await,
+            Err(CacheError::Backlogged)
+        ));
+        for ticket in accepted {
+            ticket.written().await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn items_left_when_the_batcher_is_dropped_are_told_so() {
+        let (batcher, sizes) = recording(16, false);
+        let ticket = batcher.push(1);
+        drop(batcher);
+        assert!(matches!(
+            ticket.written().await,
+            Err(CacheError::Batch(err)) if matches!(*err, CacheError::WriterGone)
+        ));
+        assert!(sizes.lock().unwrap().is_empty());
+    }
+}
