@@ -50,9 +50,8 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 ENV = {
     **os.environ,
     "SVC_QUEUE_WATCH_MS": "250",
-    # As the image sets them (Dockerfile): mimalloc gives back pages touched once.
+    # As the image sets it (Dockerfile): mimalloc commits memory on demand.
     "MIMALLOC_ARENA_EAGER_COMMIT": "0",
-    "MIMALLOC_PURGE_DELAY": "0",
     "SVC_LISTEN": API,
     "SVC_METRICS_LISTEN": METRICS,
 }
