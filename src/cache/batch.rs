@@ -6,11 +6,16 @@
 //! wire. A caller can do other work (the broker's confirm) and look at its
 //! ticket afterwards: by then the flush is usually over, and the ticket
 //! answers without waking anyone. No timer per caller: the flush bounds its
-//! own round trip, so a ticket waits at most for two of them.
+//! own round trip, so a ticket waits at most for two of them (and a linger).
+//!
+//! Under load the task also lingers a moment before each flush, so that a
+//! round trip carries tens of items instead of a handful: at rest (the last
+//! flush carried little) it flushes at once, and nothing waits.
 
 use std::{
     future::Future,
     sync::{Arc, Mutex, OnceLock},
+    time::Duration,
 };
 
 use tokio::sync::Notify;
@@ -45,15 +50,27 @@ struct Shared<T> {
     max_waiting: usize,
 }
 
+/// How a [`Batcher`] gathers.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Most items in one flush.
+    pub max_batch: usize,
+    /// Most items waiting at once; past it, callers are refused at once.
+    pub max_waiting: usize,
+    /// How long to let items gather before a flush, once the last flush
+    /// carried at least `linger_from` items (a sign of load).
+    pub linger: Duration,
+    pub linger_from: usize,
+}
+
 /// A batching writer; dropping it stops its task once the last flush ends.
 pub struct Batcher<T> {
     shared: Arc<Shared<T>>,
 }
 
 impl<T: Send + 'static> Batcher<T> {
-    /// Starts the task that passes gathered items to `flush`, at most
-    /// `max_batch` at a time, with at most `max_waiting` items waiting.
-    pub fn spawn<F, Fut>(max_batch: usize, max_waiting: usize, flush: F) -> Self
+    /// Starts the task that passes gathered items to `flush`.
+    pub fn spawn<F, Fut>(limits: Limits, flush: F) -> Self
     where
         F: Fn(Vec<T>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<(), CacheError>> + Send + 'static,
@@ -64,9 +81,9 @@ impl<T: Send + 'static> Batcher<T> {
                 outcome: Arc::default(),
             }),
             work: Notify::new(),
-            max_waiting,
+            max_waiting: limits.max_waiting,
         });
-        tokio::spawn(flush_while_used(shared.clone(), max_batch, flush));
+        tokio::spawn(flush_while_used(shared.clone(), limits, flush));
         Self { shared }
     }
 
@@ -93,13 +110,17 @@ impl<T> Drop for Batcher<T> {
     }
 }
 
-async fn flush_while_used<T, F, Fut>(shared: Arc<Shared<T>>, max_batch: usize, flush: F)
+async fn flush_while_used<T, F, Fut>(shared: Arc<Shared<T>>, limits: Limits, flush: F)
 where
     F: Fn(Vec<T>) -> Fut,
     Fut: Future<Output = Result<(), CacheError>>,
 {
+    let mut last_flush = 0;
     loop {
         shared.work.notified().await;
+        if last_flush >= limits.linger_from {
+            tokio::time::sleep(limits.linger).await;
+        }
         // Only this task holds it: every batcher handle is gone.
         let in_use = Arc::strong_count(&shared) > 1;
         let (mut items, outcome) = {
@@ -109,6 +130,7 @@ where
                 std::mem::take(&mut gathering.outcome),
             )
         };
+        last_flush = items.len();
         // Everything gathered shares one outcome, settled once all of it is
         // written (in round trips of at most `max_batch` items).
         let mut result = if in_use {
@@ -117,7 +139,7 @@ where
             Err(CacheError::WriterGone)
         };
         while result.is_ok() && !items.is_empty() {
-            let rest = items.split_off(items.len().min(max_batch));
+            let rest = items.split_off(items.len().min(limits.max_batch));
             result = flush(items).await;
             items = rest;
         }
@@ -151,15 +173,24 @@ impl Ticket {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_batch: 16,
+        max_waiting: 4,
+        linger: Duration::from_millis(1),
+        linger_from: 3,
+    };
 
     /// A batcher whose flushes record their sizes, failing when told to.
     fn recording(max_batch: usize, fail: bool) -> (Batcher<u32>, Arc<Mutex<Vec<usize>>>) {
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let seen = sizes.clone();
-        let batcher = Batcher::spawn(max_batch, 4, move |items: Vec<u32>| {
+        let limits = Limits {
+            max_batch,
+            ..LIMITS
+        };
+        let batcher = Batcher::spawn(limits, move |items: Vec<u32>| {
             seen.lock().unwrap().push(items.len());
             async move {
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -184,6 +215,29 @@ mod tests {
         // A later item gets a flush of its own.
         batcher.push(9).written().await.unwrap();
         assert_eq!(*sizes.lock().unwrap(), vec![3, 1]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_busy_flush_items_linger_to_gather() {
+        let (batcher, sizes) = recording(16, false);
+        let busy: Vec<Ticket> = (0..3).map(|n| batcher.push(n)).collect();
+        for ticket in busy {
+            ticket.written().await.unwrap();
+        }
+        // One item now, one half a millisecond later: they share a flush.
+        let first = batcher.push(10);
+        tokio::time::sleep(Duration::from_micros(500)).await;
+        let second = batcher.push(11);
+        first.written().await.unwrap();
+        second.written().await.unwrap();
+        assert_eq!(*sizes.lock().unwrap(), vec![3, 2]);
+        // That flush was small: the next item goes out at once.
+        let started = tokio::time::Instant::now();
+        batcher.push(12).written().await.unwrap();
+        assert_eq!(*sizes.lock().unwrap(), vec![3, 2, 1]);
+        assert!(
+            started.elapsed() < LIMITS.linger + Duration::from_millis(5) + Duration::from_micros(1)
+        );
     }
 
     #[tokio::test]

@@ -20,19 +20,29 @@ use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use uuid::Uuid;
 
-use super::{CacheError, Cached, RecordCache, Ticket, batch::Batcher, breaker::Breaker};
+use super::{
+    CacheError, Cached, RecordCache, Ticket,
+    batch::{Batcher, Limits},
+    breaker::Breaker,
+};
 use crate::{config::RedisArgs, metrics};
 
 /// Failures in a row that open the circuit.
 const BREAKER_THRESHOLD: u32 = 3;
 /// How long an open circuit skips Redis before one trial call.
 const BREAKER_COOLDOWN: Duration = Duration::from_secs(1);
-/// Most pending markers written in one round trip.
-const MARK_BATCH: usize = 512;
+/// How pending markers are gathered into round trips: at most 512 in one,
+/// at most 8,192 waiting (past that, writes go unmarked), and under load a
+/// millisecond's wait so that one round trip carries tens of markers. The
+/// wait stays hidden behind the broker's confirm, which takes longer.
+const MARK_LIMITS: Limits = Limits {
+    max_batch: 512,
+    max_waiting: 8192,
+    linger: Duration::from_millis(1),
+    linger_from: 4,
+};
 /// The span of accept times whose pending markers share one hash.
 const PENDING_BUCKET_SECS: u64 = 60;
-/// Markers that may wait for a round trip; past it, writes go unmarked.
-const MARK_QUEUE: usize = 8192;
 
 #[derive(Clone)]
 pub struct RedisCache {
@@ -81,7 +91,7 @@ impl RedisCache {
                 marks: Arc::default(),
                 ..self.clone()
             };
-            Batcher::spawn(MARK_BATCH, MARK_QUEUE, move |ids| {
+            Batcher::spawn(MARK_LIMITS, move |ids| {
                 let writer = writer.clone();
                 async move { writer.mark_all(&ids).await }
             })
