@@ -40,8 +40,10 @@ API = "127.0.0.1:18400"
 METRICS = "127.0.0.1:19400"
 BARE_AXUM = "127.0.0.1:18200"
 BARE_PUBLISH = "127.0.0.1:18300"
-SECS = int(os.environ.get("BENCH_SECS", "15"))
+SECS = int(os.environ.get("BENCH_SECS", "10"))
 WARMUP = int(os.environ.get("BENCH_WARMUP_SECS", "5"))
+# Runs of svc and its baseline, taken in turns; the median run of each is reported.
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 SYSTEM_SECS = int(os.environ.get("BENCH_SYSTEM_SECS", "60"))
 GATE_USERS = int(os.environ.get("BENCH_GATE_USERS", "5000"))
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -163,6 +165,26 @@ def wrk(label: str, address: str, connections: int, mode: str, server: Process, 
     log(f"{label:<28} c={connections:<5} {row['rps']:>8} req/s  p99 {row['p99_ms']:8.2f} ms  "
         f"errors {errors}  server CPU {row['cpu_ms_per_1000']} ms/1000 req  RSS {peak} MiB")
     return row
+
+
+def side_by_side(connections: int, mode: str, baseline: tuple, svc: tuple) -> list[dict]:
+    """svc and its baseline measured in turns: a warm-up of each, then ROUNDS
+    runs of each, alternating, so that whatever else the machine does falls on
+    both alike. Each server's row is its median run (by requests/s), with the
+    requests/s of every run and the highest peak memory of all."""
+    rows = []
+    for label, address, server in (baseline, svc):
+        wrk(f"{label} (warm-up)", address, connections, mode, server, secs=WARMUP, warmup=0)
+    runs: dict[str, list[dict]] = {baseline[0]: [], svc[0]: []}
+    for _ in range(ROUNDS):
+        for label, address, server in (baseline, svc):
+            runs[label].append(wrk(label, address, connections, mode, server, warmup=0))
+    for label, measured in runs.items():
+        median = sorted(measured, key=lambda row: row["rps"])[len(measured) // 2]
+        rows.append({**median, "rounds_rps": [row["rps"] for row in measured],
+                     "peak_rss_mib": max(row["peak_rss_mib"] for row in measured)})
+        log(f"{label:<28} c={connections:<5} median {median['rps']} req/s of {rows[-1]['rounds_rps']}")
+    return rows
 
 
 def metric(text: str, name: str, labels: str = "") -> float | None:
@@ -294,6 +316,12 @@ def ratio(numerator: float, denominator: float) -> str:
     return f"{100 * numerator / denominator:.0f} %" if denominator else "n/a"
 
 
+def runs(row: dict) -> str:
+    """Every run's requests/s, when there were several."""
+    rounds = row.get("rounds_rps", [])
+    return f" (runs: {', '.join(f'{rps:,}' for rps in rounds)})" if len(rounds) > 1 else ""
+
+
 def markdown(results: dict) -> str:
     http = {(r["label"], r["connections"]): r for r in results["http"]}
     wrk_version = re.search(r"\d+\.\d+\.\d+", results["versions"]["wrk"]).group(0)
@@ -302,7 +330,8 @@ def markdown(results: dict) -> str:
         f"{results['versions']['rustc']}, wrk {wrk_version}, PostgreSQL "
         f"{results['versions']['postgres']}, {results['versions']['redis'].split(' sha')[0]}, "
         f"RabbitMQ {results['versions']['rabbitmq']}. Command: `scripts/bench.sh` "
-        f"(wrk -t2, {WARMUP} s warm-up thrown away, then {SECS} s measured).",
+        f"(wrk -t2; for each row a {WARMUP} s warm-up thrown away, then {ROUNDS} runs of {SECS} s "
+        "taken in turns with the baseline; the median run is shown, with every run's requests/s).",
         "",
         "| path | connections | svc req/s | svc p99 | baseline req/s | baseline p99 | svc / baseline | svc CPU per 1,000 req | svc peak RSS |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -314,8 +343,9 @@ def markdown(results: dict) -> str:
         for connections in (64, 1000):
             s, b = http[(svc_label, connections)], http[(base_label, connections)]
             lines.append(
-                f"| {path} | {connections} | {s['rps']:,} | {s['p99_ms']:.1f} ms | {b['rps']:,} ({base_name}) | "
-                f"{b['p99_ms']:.1f} ms | {ratio(s['rps'], b['rps'])} | {s['cpu_ms_per_1000']} ms | {s['peak_rss_mib']} MiB |")
+                f"| {path} | {connections} | {s['rps']:,}{runs(s)} | {s['p99_ms']:.1f} ms | {b['rps']:,}{runs(b)} "
+                f"({base_name}) | {b['p99_ms']:.1f} ms | {ratio(s['rps'], b['rps'])} | {s['cpu_ms_per_1000']} ms | "
+                f"{s['peak_rss_mib']} MiB |")
     d, w, e = results["drain"], results["system"], results["e2e"]
     lines += [
         "",
@@ -372,8 +402,8 @@ def main() -> None:
 
         log("writes, consumer stopped: svc against a bare confirmed publish")
         for connections in (64, 1000):
-            results["http"].append(wrk("bare publish POST", BARE_PUBLISH, connections, "post", bare_publish))
-            results["http"].append(wrk("svc POST", API, connections, "post", serve))
+            results["http"] += side_by_side(connections, "post", ("bare publish POST", BARE_PUBLISH, bare_publish),
+                                            ("svc POST", API, serve))
         bare_publish.stop()
 
         log("the consumer drains what the writes queued")
@@ -385,8 +415,8 @@ def main() -> None:
         log("reads, warm cache: svc against bare axum")
         (OUT / "ids.txt").write_text(sql("select id from data order by random() limit 1000") + "\n")
         for connections in (64, 1000):
-            results["http"].append(wrk("bare axum GET", BARE_AXUM, connections, "get", bare_axum))
-            results["http"].append(wrk("svc GET", API, connections, "get", serve))
+            results["http"] += side_by_side(connections, "get", ("bare axum GET", BARE_AXUM, bare_axum),
+                                            ("svc GET", API, serve))
         bare_axum.stop()
 
         log(f"the whole system: writes for {SYSTEM_SECS} s with the consumer running")

@@ -9,12 +9,17 @@
 //! own round trip, so a ticket waits at most for two of them (and a linger).
 //!
 //! Under load the task also lingers a moment before each flush, so that a
-//! round trip carries tens of items instead of a handful: at rest (the last
-//! flush carried little) it flushes at once, and nothing waits.
+//! round trip carries tens of items instead of a handful. The linger never
+//! makes anyone wait longer than a round trip: a caller that asks for its
+//! outcome while its items are still gathering ends the linger at once. At
+//! rest (the last flush carried little) there is no linger at all.
 
 use std::{
     future::Future,
-    sync::{Arc, Mutex, OnceLock},
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -27,12 +32,36 @@ use super::CacheError;
 struct Outcome {
     result: OnceLock<Result<(), Arc<CacheError>>>,
     settled: Notify,
+    /// Someone is waiting for this outcome: no more lingering.
+    awaited: AtomicBool,
+    awaited_now: Notify,
 }
 
 impl Outcome {
     fn settle(&self, result: Result<(), Arc<CacheError>>) {
         let _ = self.result.set(result);
         self.settled.notify_waiters();
+    }
+
+    fn await_now(&self) {
+        if !self.awaited.swap(true, Ordering::AcqRel) {
+            self.awaited_now.notify_waiters();
+        }
+    }
+
+    /// Lets items gather for `linger`, or less if someone awaits them.
+    async fn linger(&self, linger: Duration) {
+        let awaited = self.awaited_now.notified();
+        tokio::pin!(awaited);
+        // Registered before looking, so a caller arriving in between still ends it.
+        awaited.as_mut().enable();
+        if self.awaited.load(Ordering::Acquire) {
+            return;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(linger) => {}
+            () = awaited => {}
+        }
     }
 }
 
@@ -119,7 +148,13 @@ where
     loop {
         shared.work.notified().await;
         if last_flush >= limits.linger_from {
-            tokio::time::sleep(limits.linger).await;
+            let gathering = shared
+                .gathering
+                .lock()
+                .expect("never poisoned")
+                .outcome
+                .clone();
+            gathering.linger(limits.linger).await;
         }
         // Only this task holds it: every batcher handle is gone.
         let in_use = Arc::strong_count(&shared) > 1;
@@ -166,6 +201,7 @@ impl Ticket {
             if let Some(result) = outcome.result.get() {
                 return result.clone().map_err(CacheError::Batch);
             }
+            outcome.await_now();
             settled.await;
         }
     }
@@ -224,10 +260,12 @@ mod tests {
         for ticket in busy {
             ticket.written().await.unwrap();
         }
-        // One item now, one half a millisecond later: they share a flush.
+        // One item now, one half a millisecond later, neither awaited yet:
+        // they share a flush.
         let first = batcher.push(10);
         tokio::time::sleep(Duration::from_micros(500)).await;
         let second = batcher.push(11);
+        tokio::time::sleep(Duration::from_millis(2)).await;
         first.written().await.unwrap();
         second.written().await.unwrap();
         assert_eq!(*sizes.lock().unwrap(), vec![3, 2]);
@@ -238,6 +276,21 @@ mod tests {
         assert!(
             started.elapsed() < LIMITS.linger + Duration::from_millis(5) + Duration::from_micros(1)
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_caller_waiting_for_its_item_ends_the_linger() {
+        let (batcher, sizes) = recording(16, false);
+        let busy: Vec<Ticket> = (0..3).map(|n| batcher.push(n)).collect();
+        for ticket in busy {
+            ticket.written().await.unwrap();
+        }
+        // The next flush would linger, but its only item is awaited at once.
+        let started = tokio::time::Instant::now();
+        batcher.push(10).written().await.unwrap();
+        assert_eq!(*sizes.lock().unwrap(), vec![3, 1]);
+        // (The flush itself takes 5 ms; the linger would add 1.)
+        assert!(started.elapsed() < Duration::from_millis(6));
     }
 
     #[tokio::test]

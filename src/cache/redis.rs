@@ -32,9 +32,10 @@ const BREAKER_THRESHOLD: u32 = 3;
 /// How long an open circuit skips Redis before one trial call.
 const BREAKER_COOLDOWN: Duration = Duration::from_secs(1);
 /// How pending markers are gathered into round trips: at most 512 in one,
-/// at most 8,192 waiting (past that, writes go unmarked), and under load a
-/// millisecond's wait so that one round trip carries tens of markers. The
-/// wait stays hidden behind the broker's confirm, which takes longer.
+/// at most 8,192 waiting (past that, writes go unmarked), and under load up
+/// to a millisecond's wait so that one round trip carries tens of markers.
+/// The wait hides behind the broker's confirm, which takes longer; a write
+/// whose confirm comes first ends it.
 const MARK_LIMITS: Limits = Limits {
     max_batch: 512,
     max_waiting: 8192,
