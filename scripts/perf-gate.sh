@@ -15,7 +15,10 @@ METRICS=127.0.0.1:${PERF_METRICS_PORT:-19000}
 REPORT_DIR=${PERF_REPORT_DIR:-target/perf-gate}
 source scripts/stack.sh
 
+# 1,000 users unless the caller names another number.
+users=(--users 1000)
+for arg in "$@"; do [[ $arg == --users || $arg == --users=* ]] && users=(); done
 status=0
-$svc loadtest --host "http://$API" --users 1000 --report-dir "$REPORT_DIR" "$@" || status=$?
+$svc loadtest --host "http://$API" "${users[@]}" --report-dir "$REPORT_DIR" "$@" || status=$?
 echo "perf-gate: report in $REPORT_DIR (summary.json, report.html); exit code $status"
 exit $status
