@@ -125,15 +125,7 @@ async fn create(State(state): State<AppState>, request: Request) -> Result<Respo
     if !is_json(request.headers()) {
         return Err(ApiError::unsupported_media_type());
     }
-    let body = read_body(request).await?;
-    let request: CreateData =
-        serde_json::from_slice(&body).map_err(|err| match err.classify() {
-            // Valid JSON of the wrong shape: `value` missing, null, or not a string.
-            Category::Data => ApiError::invalid_value(format!("`value` must be a string ({err})")),
-            Category::Syntax | Category::Eof | Category::Io => {
-                ApiError::malformed_json(format!("the body is not valid JSON ({err})"))
-            }
-        })?;
+    let request = parse_create(&read_body(request).await?)?;
     validate_value(&request.value).map_err(|err| ApiError::invalid_value(err.to_string()))?;
 
     let message = DataMessage::accept(request.value);
@@ -171,6 +163,20 @@ async fn create(State(state): State<AppState>, request: Request) -> Result<Respo
         }),
     )
         .into_response())
+}
+
+/// The body of `POST /data`. Only the parsed value outlives this: the body
+/// itself is a view into the connection's read buffer, which hyper can then
+/// reuse for the next request instead of allocating another while the write
+/// waits for its confirm.
+fn parse_create(body: &[u8]) -> Result<CreateData, ApiError> {
+    serde_json::from_slice(body).map_err(|err| match err.classify() {
+        // Valid JSON of the wrong shape: `value` missing, null, or not a string.
+        Category::Data => ApiError::invalid_value(format!("`value` must be a string ({err})")),
+        Category::Syntax | Category::Eof | Category::Io => {
+            ApiError::malformed_json(format!("the body is not valid JSON ({err})"))
+        }
+    })
 }
 
 /// The request body, at most `MAX_BODY_BYTES` of it (a declared length over
