@@ -4,6 +4,7 @@ use axum::{
     Json, Router,
     body::Bytes,
     extract::{Path, RawQuery, Request, State},
+    handler::Handler,
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -13,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::error::Category;
 use uuid::Uuid;
 
-use super::{ApiError, AppState, MAX_BODY_BYTES, Problem};
+use super::{ApiError, AppState, MAX_BODY_BYTES, Problem, guard::Guard, observe::ObserveLayer};
 use crate::{
     cache::Cached,
     domain::{Cursor, DataMessage, Record, validate_value},
@@ -22,10 +23,24 @@ use crate::{
     telemetry::error_chain,
 };
 
-pub fn router() -> Router<AppState> {
+/// The `/data` routes, each handler behind the guard and inside the observe
+/// layer. Layered handler by handler rather than with `Router::layer`, which
+/// would put each route behind one more boxed service per request.
+pub fn router(guard: &Guard, observe: ObserveLayer) -> Router<AppState> {
     Router::new()
-        .route("/data", post(create).get(list))
-        .route("/data/{id}", get(read))
+        .route(
+            "/data",
+            post(layered(create, guard, observe)).get(layered(list, guard, observe)),
+        )
+        .route("/data/{id}", get(layered(read, guard, observe)))
+}
+
+fn layered<H, T>(handler: H, guard: &Guard, observe: ObserveLayer) -> impl Handler<T, AppState>
+where
+    H: Handler<T, AppState>,
+    T: 'static,
+{
+    handler.layer(guard.clone()).layer(observe)
 }
 
 /// Body of `POST /data`.

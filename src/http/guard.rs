@@ -4,20 +4,23 @@
 
 use std::{
     collections::HashMap,
+    convert::Infallible,
     net::{IpAddr, SocketAddr},
     sync::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
     },
+    task::{Context, Poll},
     time::{Duration, Instant},
 };
 
 use axum::{
-    extract::{ConnectInfo, Request, State},
+    extract::{ConnectInfo, Request},
     http::{HeaderMap, Method, header},
-    middleware::Next,
     response::{IntoResponse, Response},
 };
+use futures_util::future::{Either, Ready, ready};
+use tower::{Layer, Service};
 
 use super::ApiError;
 
@@ -123,20 +126,6 @@ fn shard_of(client: IpAddr) -> usize {
     usize::from(last) % 16
 }
 
-pub async fn rate_limit(State(limit): State<RateLimit>, request: Request, next: Next) -> Response {
-    let client = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|info| info.0.ip());
-    if let Some(client) = client
-        && let Err(wait) = limit.check(client, Instant::now())
-    {
-        ::metrics::counter!(crate::metrics::HTTP_RATE_LIMITED).increment(1);
-        return ApiError::rate_limited(wait.as_secs().max(1) as u32).into_response();
-    }
-    next.run(request).await
-}
-
 /// API keys that writes must carry (`Authorization: Bearer <key>` or
 /// `X-Api-Key: <key>`). Never printed.
 #[derive(Clone)]
@@ -181,15 +170,75 @@ fn presented_key(headers: &HeaderMap) -> Option<&[u8]> {
         .or_else(|| value.strip_prefix(b"bearer "))
 }
 
-/// Requires a key on writes; reads stay open.
-pub async fn require_key(State(keys): State<ApiKeys>, request: Request, next: Next) -> Response {
-    if request.method() == Method::POST {
-        let admitted = presented_key(request.headers()).is_some_and(|key| keys.admits(key));
-        if !admitted {
-            return ApiError::unauthorized().into_response();
+/// The checks made before a `/data` handler runs, each only when configured:
+/// the client's rate, then (for writes) its API key. A layer of its own,
+/// applied to each handler, that answers a refusal at once.
+#[derive(Clone, Default)]
+pub struct Guard {
+    pub rate_limit: Option<RateLimit>,
+    pub api_keys: Option<ApiKeys>,
+}
+
+impl Guard {
+    /// The refusal `request` gets, if any.
+    fn refusal(&self, request: &Request) -> Option<ApiError> {
+        if let Some(limit) = &self.rate_limit {
+            let client = request
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|info| info.0.ip());
+            if let Some(client) = client
+                && let Err(wait) = limit.check(client, Instant::now())
+            {
+                ::metrics::counter!(crate::metrics::HTTP_RATE_LIMITED).increment(1);
+                return Some(ApiError::rate_limited(wait.as_secs().max(1) as u32));
+            }
+        }
+        if let Some(keys) = &self.api_keys
+            && request.method() == Method::POST
+            && !presented_key(request.headers()).is_some_and(|key| keys.admits(key))
+        {
+            return Some(ApiError::unauthorized());
+        }
+        None
+    }
+}
+
+impl<S> Layer<S> for Guard {
+    type Service = Guarded<S>;
+
+    fn layer(&self, inner: S) -> Guarded<S> {
+        Guarded {
+            inner,
+            guard: self.clone(),
         }
     }
-    next.run(request).await
+}
+
+#[derive(Clone)]
+pub struct Guarded<S> {
+    inner: S,
+    guard: Guard,
+}
+
+impl<S> Service<Request> for Guarded<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<Ready<Result<Response, Infallible>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        match self.guard.refusal(&request) {
+            Some(refused) => Either::Left(ready(Ok(refused.into_response()))),
+            None => Either::Right(self.inner.call(request)),
+        }
+    }
 }
 
 #[cfg(test)]

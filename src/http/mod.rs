@@ -13,8 +13,8 @@ use std::{sync::Arc, time::Duration};
 
 use axum::{
     Router,
+    handler::Handler,
     http::{HeaderName, HeaderValue, Method, header},
-    middleware,
     response::IntoResponse,
 };
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -87,36 +87,33 @@ pub struct HttpSettings {
 /// The whole API, ready to serve.
 pub fn router(state: AppState, settings: &HttpSettings) -> Router {
     crate::metrics::handle();
-    // Layers run outermost first: the rate limit, then the key; the handlers
-    // then take their in-flight place, so neither floods nor strangers take
+    let observe = observe::ObserveLayer::new(settings.request_timeout);
+    // The guard (rate limit, then key) runs inside the observe layer, so a
+    // refusal is measured and carries a request id too; the handlers then
+    // take their in-flight place, so neither floods nor strangers take
     // capacity. (The body limit, `MAX_BODY_BYTES`, is applied by the one
     // handler that reads a body: a layer on every route would cost every
     // request.)
-    let mut data = data::router();
-    if !settings.api_keys.is_empty() {
-        data = data.route_layer(middleware::from_fn_with_state(
-            guard::ApiKeys::new(&settings.api_keys),
-            guard::require_key,
-        ));
-    }
-    if let Some((per_second, burst)) = settings.rate_limit {
-        data = data.route_layer(middleware::from_fn_with_state(
-            guard::RateLimit::new(per_second, burst),
-            guard::rate_limit,
-        ));
-    }
-    let mut api = Router::new()
-        .merge(data)
+    let guard = guard::Guard {
+        rate_limit: settings
+            .rate_limit
+            .map(|(per_second, burst)| guard::RateLimit::new(per_second, burst)),
+        api_keys: (!settings.api_keys.is_empty()).then(|| guard::ApiKeys::new(&settings.api_keys)),
+    };
+    let rest = Router::new()
         .merge(health::router())
-        .with_state(state)
+        .with_state(state.clone())
         .merge(observe::metrics_router())
-        .merge(docs::router())
-        .fallback(not_found)
-        .method_not_allowed_fallback(method_not_allowed);
+        .merge(docs::router());
+    let mut api = data::router(&guard, observe)
+        .with_state(state)
+        .merge(observe::layered(rest, settings.request_timeout))
+        .fallback(not_found.layer(observe))
+        .method_not_allowed_fallback(method_not_allowed.layer(observe));
     if let Some(cors) = cors(&settings.cors_origins) {
         api = api.layer(cors);
     }
-    observe::layered(api, settings.request_timeout)
+    api
 }
 
 /// CORS for the configured origins, or none at all.

@@ -41,12 +41,19 @@ pub fn layered<S: Clone + Send + Sync + 'static>(
     router: Router<S>,
     request_timeout: Duration,
 ) -> Router<S> {
-    router.layer(ObserveLayer { request_timeout })
+    router.layer(ObserveLayer::new(request_timeout))
 }
 
 #[derive(Debug, Clone, Copy)]
 pub struct ObserveLayer {
     request_timeout: Duration,
+}
+
+impl ObserveLayer {
+    /// Requests still running after `request_timeout` are answered 503.
+    pub fn new(request_timeout: Duration) -> Self {
+        Self { request_timeout }
+    }
 }
 
 impl<S> Layer<S> for ObserveLayer {
@@ -78,16 +85,12 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request) -> Self::Future {
+    fn call(&mut self, request: Request) -> Self::Future {
         // The caller's id when it sent one, else a fresh one; either way the
-        // handler, the logs and the response carry the same id.
+        // logs (through the span) and the response carry the same id.
         let request_id = match request.headers().get(REQUEST_ID) {
             Some(id) => id.clone(),
-            None => {
-                let id = new_request_id();
-                request.headers_mut().insert(REQUEST_ID, id.clone());
-                id
-            }
+            None => new_request_id(),
         };
         let route = request.extensions().get::<MatchedPath>().cloned();
         let method = request.method().clone();

@@ -39,6 +39,8 @@ async fn a_client_over_its_rate_gets_429_with_retry_after() {
     assert_eq!(app.get("/data").await.0, 200);
     let limited = app.client.get(app.url("/data")).send().await.unwrap();
     assert_eq!(limited.headers()["retry-after"], "1");
+    // Refusals are observed like any answer: they carry a request id.
+    assert!(limited.headers().contains_key("x-request-id"));
     assert_problem(limited, 429).await;
     // Probes are never limited.
     assert_eq!(app.get("/health/ready").await.0, 200);

@@ -138,8 +138,10 @@ async fn bad_ids_unknown_routes_and_methods_are_problems() {
         .unwrap();
     assert_problem(response, 404).await;
     let response = app.client.get(app.url("/nowhere")).send().await.unwrap();
+    assert!(response.headers().contains_key("x-request-id"));
     assert_problem(response, 404).await;
     let response = app.client.delete(app.url("/data")).send().await.unwrap();
+    assert!(response.headers().contains_key("x-request-id"));
     assert_problem(response, 405).await;
 }
 
