@@ -240,13 +240,18 @@ mod tests {
         (batcher, sizes)
     }
 
-    #[tokio::test]
-    async fn items_handed_over_together_share_one_flush() {
-        let (batcher, sizes) = recording(16, false);
-        let tickets: Vec<Ticket> = (0..3).map(|n| batcher.push(n)).collect();
+    /// Hands over all `items` before awaiting any, and expects each written.
+    async fn write_all(batcher: &Batcher<u32>, items: std::ops::Range<u32>) {
+        let tickets: Vec<Ticket> = items.map(|n| batcher.push(n)).collect();
         for ticket in tickets {
             ticket.written().await.unwrap();
         }
+    }
+
+    #[tokio::test]
+    async fn items_handed_over_together_share_one_flush() {
+        let (batcher, sizes) = recording(16, false);
+        write_all(&batcher, 0..3).await;
         assert_eq!(*sizes.lock().unwrap(), vec![3]);
         // A later item gets a flush of its own.
         batcher.push(9).written().await.unwrap();
@@ -256,10 +261,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn after_a_busy_flush_items_linger_to_gather() {
         let (batcher, sizes) = recording(16, false);
-        let busy: Vec<Ticket> = (0..3).map(|n| batcher.push(n)).collect();
-        for ticket in busy {
-            ticket.written().await.unwrap();
-        }
+        write_all(&batcher, 0..3).await;
         // One item now, one half a millisecond later, neither awaited yet:
         // they share a flush.
         let first = batcher.push(10);
@@ -281,10 +283,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_caller_waiting_for_its_item_ends_the_linger() {
         let (batcher, sizes) = recording(16, false);
-        let busy: Vec<Ticket> = (0..3).map(|n| batcher.push(n)).collect();
-        for ticket in busy {
-            ticket.written().await.unwrap();
-        }
+        write_all(&batcher, 0..3).await;
         // The next flush would linger, but its only item is awaited at once.
         let started = tokio::time::Instant::now();
         batcher.push(10).written().await.unwrap();
@@ -296,10 +295,7 @@ mod tests {
     #[tokio::test]
     async fn a_gathering_larger_than_a_batch_takes_several_round_trips() {
         let (batcher, sizes) = recording(2, false);
-        let tickets: Vec<Ticket> = (0..4).map(|n| batcher.push(n)).collect();
-        for ticket in tickets {
-            ticket.written().await.unwrap();
-        }
+        write_all(&batcher, 0..4).await;
         assert_eq!(*sizes.lock().unwrap(), vec![2, 2]);
     }
 
