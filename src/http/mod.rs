@@ -111,6 +111,8 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
         .fallback(not_found.layer(observe))
         .method_not_allowed_fallback(method_not_allowed.layer(observe));
     if let Some(cors) = cors(&settings.cors_origins) {
+        // Outermost, so preflights are answered before any route (and,
+        // alone of all answers, without a request id).
         api = api.layer(cors);
     }
     api
