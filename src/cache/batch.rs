@@ -148,13 +148,14 @@ where
     loop {
         shared.work.notified().await;
         if last_flush >= limits.linger_from {
-            let gathering = shared
+            // The outcome of what is gathering now: whoever awaits it ends the linger.
+            let upcoming = shared
                 .gathering
                 .lock()
                 .expect("never poisoned")
                 .outcome
                 .clone();
-            gathering.linger(limits.linger).await;
+            upcoming.linger(limits.linger).await;
         }
         // Only this task holds it: every batcher handle is gone.
         let in_use = Arc::strong_count(&shared) > 1;
