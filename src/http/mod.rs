@@ -6,7 +6,6 @@ pub mod docs;
 mod error;
 pub mod guard;
 mod health;
-mod lazy_timer;
 pub mod observe;
 pub mod server;
 

@@ -1,6 +1,5 @@
 //! The accept loop shared by every svc listener: hyper with a timer (so the
-//! header-read timeout really fires, unlike with `axum::serve`; a lazy one,
-//! so that it costs next to nothing per request), TCP_NODELAY,
+//! header-read timeout really fires, unlike with `axum::serve`), TCP_NODELAY,
 //! and a graceful shutdown that stops accepting, lets in-flight requests
 //! finish within a grace period, and closes idle keep-alive connections.
 
@@ -9,14 +8,12 @@ use std::{net::SocketAddr, time::Duration};
 use axum::{Router, extract::ConnectInfo};
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
+    rt::{TokioExecutor, TokioIo, TokioTimer},
     server::{conn::auto, graceful::GracefulShutdown},
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
-
-use super::lazy_timer::LazyTimer;
 
 #[derive(Debug, Clone, Copy)]
 pub struct ServerSettings {
@@ -39,10 +36,10 @@ pub async fn serve(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
-        .timer(LazyTimer)
+        .timer(TokioTimer::new())
         .header_read_timeout(settings.header_timeout)
         .keep_alive(true);
-    builder.http2().timer(LazyTimer);
+    builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
 
     loop {
