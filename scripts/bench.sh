@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The benchmark: svc side by side with a bare axum handler (no I/O) and a bare
+# The benchmark: the load-test gate at 5,000 users on the fresh stack, then
+# svc side by side with a bare axum handler (no I/O) and a bare
 # confirmed-publish handler, with wrk, then the whole system (consumer drain
 # rate, sustained writes, accepted-to-persisted latency, memory, CPU per
-# request) and the load-test gate at 5,000 users. Writes the table into
-# docs/PERFORMANCE.md and target/bench/results.json. About 11 minutes.
+# request). Writes the table into docs/PERFORMANCE.md and
+# target/bench/results.json. About 13 minutes.
 #
 # Knobs: BENCH_SECS (10), BENCH_ROUNDS (3), BENCH_WARMUP_SECS (5), BENCH_SYSTEM_SECS (60),
 # BENCH_GATE_USERS (5000; 0 skips the gate).
