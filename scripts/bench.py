@@ -385,8 +385,15 @@ def markdown(results: dict) -> str:
     if results.get("gate"):
         g = results["gate"]
         lines.append(f"| `svc loadtest --users {g['users']}` (SLO, degradation, errors, durability) | "
-                     f"verdict **{g['verdict']}**, exit code {g['exit_code']} |")
+                     f"verdict **{g['verdict']}**, exit code {g['exit_code']}{failed_gates(g)} |")
     return "\n".join(lines)
+
+
+def failed_gates(gate: dict) -> str:
+    """What failed, as the load test printed it, so a red row says why."""
+    failed = [f"{g['kind']} {g.get('endpoint') or g.get('phase') or ''}: {g['measured']} (limit: {g['limit']})"
+              for g in gate.get("gates") or [] if not g.get("passed")]
+    return "; failed: " + "; ".join(failed) if failed else ""
 
 
 def write_doc(table: str) -> None:
