@@ -107,7 +107,7 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
         .merge(docs::router());
     let mut api = data::router(&guard, observe)
         .with_state(state)
-        .merge(observe::layered(rest, settings.request_timeout))
+        .merge(rest.layer(observe))
         .fallback(not_found.layer(observe))
         .method_not_allowed_fallback(method_not_allowed.layer(observe));
     if let Some(cors) = cors(&settings.cors_origins) {
