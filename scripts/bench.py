@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
 """The benchmark behind docs/PERFORMANCE.md, run by scripts/bench.sh.
 
-First the load-test gate at 5,000 users, on the fresh stack. Then every ratio is measured side by side in one run on this machine: svc against a
-bare axum handler with no I/O (examples/bare_axum.rs) for reads, and against a
-bare handler that does nothing but one confirmed publish to a quorum queue
-(examples/bare_publish.rs) for writes. wrk drives every HTTP figure (2 threads,
-a warm-up run that is thrown away, then the measured run), as in the table of
-the FastAPI design it is compared with. Then the whole system: the consumer's
-drain rate of a pre-filled queue, sustained writes with serve and consume
-together, accepted-to-persisted latency at half that rate, memory, and CPU
-time per 1,000 requests.
+First the load-test gate at 5,000 users, on the fresh stack. Then every ratio
+is measured side by side in one run on this machine: svc against a bare axum
+handler with no I/O (examples/bare_axum.rs) for reads, and against a bare
+handler that does nothing but one confirmed publish to a quorum queue
+(examples/bare_publish.rs) for writes. wrk drives every HTTP figure (2
+threads, as in the table of the FastAPI design it is compared with): a
+warm-up of each server thrown away, then ROUNDS runs of each taken in turns,
+the median run reported. Then the whole system: the consumer's drain rate of
+a pre-filled queue, sustained writes with serve and consume together,
+accepted-to-persisted latency at half that rate, memory, and CPU time per
+1,000 requests.
 
 Results go to target/bench/results.json and into docs/PERFORMANCE.md between
 the `bench:start` and `bench:end` markers.
