@@ -70,7 +70,17 @@ async fn reads_through_pgbouncer_come_from_the_streaming_replica() {
         .collect();
     store.insert_batch(&messages).await.unwrap();
 
-    let args = sandbox.serve_args(&["--database-read-url", &read_url, "--local-cache-mb", "0"]);
+    // A generous wait for a pooled connection: 60 reads share 16 of them
+    // here, and what is tested is the pooler, not how fast a busy test
+    // machine hands connections over (the 250 ms default fails fast by design).
+    let args = sandbox.serve_args(&[
+        "--database-read-url",
+        &read_url,
+        "--local-cache-mb",
+        "0",
+        "--db-acquire-timeout-ms",
+        "10000",
+    ]);
     let app = TestApp::start(sandbox, &args, svc::serve::components(&args).unwrap());
     app.wait_until_ready().await;
     let last = messages.last().unwrap().id;
