@@ -4,10 +4,13 @@
 //! is installed once, on first use, and every server in the process renders
 //! the same registry.
 
+mod per_thread;
+
 use std::{sync::OnceLock, time::Duration};
 
 use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+pub use per_thread::{cache_hit, memory_hit, record_latency, request_began, request_ended};
 
 pub const HTTP_REQUEST_DURATION: &str = "http_request_duration_seconds";
 pub const HTTP_REQUESTS_IN_FLIGHT: &str = "http_requests_in_flight";
@@ -69,12 +72,14 @@ pub fn handle() -> &'static PrometheusHandle {
     })
 }
 
-/// Handles of the metrics touched by every request, registered once: looking
-/// a metric up by name on each request costs more than recording it.
+/// Handles of metrics touched on hot paths, registered once: looking a
+/// metric up by name on each request costs more than recording it. The
+/// in-flight gauge and the hit counters are counted per thread
+/// (`per_thread`) and copied here when scraped.
 pub struct HotPath {
-    pub in_flight: Gauge,
-    pub cache_hits: Counter,
-    pub cache_hits_memory: Counter,
+    in_flight: Gauge,
+    cache_hits: Counter,
+    cache_hits_memory: Counter,
     pub cache_misses: Counter,
     pub publish_duration: Histogram,
 }
@@ -92,4 +97,17 @@ pub fn hot_path() -> &'static HotPath {
             publish_duration: ::metrics::histogram!(PUBLISH_DURATION),
         }
     })
+}
+
+/// The Prometheus text of every metric: the exporter's registry, with the
+/// per-thread counts summed into it, then the request latency histograms.
+pub fn render() -> String {
+    let totals = per_thread::totals();
+    let hot = hot_path();
+    hot.in_flight.set(totals.in_flight as f64);
+    hot.cache_hits.absolute(totals.cache_hits);
+    hot.cache_hits_memory.absolute(totals.cache_hits_memory);
+    let mut text = handle().render();
+    per_thread::render_latencies(&mut text);
+    text
 }

@@ -47,7 +47,7 @@ impl TieredCache {
 impl RecordCache for TieredCache {
     fn lookup_local(&self, id: Uuid) -> Option<Bytes> {
         let body = self.local.get(&id)?;
-        metrics::hot_path().cache_hits_memory.increment(1);
+        metrics::memory_hit();
         Some(body)
     }
 

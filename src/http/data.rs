@@ -253,7 +253,7 @@ async fn read(
     };
     let cached = match looked_up {
         Ok(Cached::Record(body)) => {
-            metrics::hot_path().cache_hits.increment(1);
+            metrics::cache_hit();
             return Ok(json_body(StatusCode::OK, body));
         }
         Ok(other) => {

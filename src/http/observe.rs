@@ -7,7 +7,6 @@
 //! hot path they added up to more than the handler itself (docs/PERFORMANCE.md).
 
 use std::{
-    cell::RefCell,
     convert::Infallible,
     panic::AssertUnwindSafe,
     pin::Pin,
@@ -15,11 +14,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use ::metrics::Histogram;
 use axum::{
     Router,
     extract::{MatchedPath, Request},
-    http::{HeaderName, HeaderValue, Method, StatusCode, header},
+    http::{HeaderName, HeaderValue, Method, header},
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -169,7 +167,7 @@ where
         };
         let elapsed = this.started.elapsed();
         let route = route_label(this.route.as_ref());
-        record_duration(route, this.method, response.status(), elapsed);
+        metrics::record_latency(route, method_label(this.method), response.status(), elapsed);
         tracing::debug!(
             status = response.status().as_u16(),
             latency_us = elapsed.as_micros() as u64,
@@ -207,14 +205,14 @@ struct InFlight;
 
 impl InFlight {
     fn enter() -> Self {
-        metrics::hot_path().in_flight.increment(1.0);
+        metrics::request_began();
         Self
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        metrics::hot_path().in_flight.decrement(1.0);
+        metrics::request_ended();
     }
 }
 
@@ -233,33 +231,6 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
-/// Records one request in the latency histogram of its route, method and
-/// status. Each worker thread keeps the handles it has used: found without a
-/// lock or a hash, registered only the first time a thread meets a label set.
-fn record_duration(route: &str, method: &Method, status: StatusCode, elapsed: Duration) {
-    type Seen = Vec<(Box<str>, &'static str, StatusCode, Histogram)>;
-    thread_local! {
-        static SEEN: RefCell<Seen> = const { RefCell::new(Vec::new()) };
-    }
-    let method = method_label(method);
-    SEEN.with_borrow_mut(|seen| {
-        let known = seen
-            .iter()
-            .position(|(r, m, s, _)| *s == status && *m == method && **r == *route);
-        let index = known.unwrap_or_else(|| {
-            let histogram = ::metrics::histogram!(
-                metrics::HTTP_REQUEST_DURATION,
-                "route" => route.to_owned(),
-                "method" => method,
-                "status" => status.as_str().to_owned(),
-            );
-            seen.push((route.into(), method, status, histogram));
-            seen.len() - 1
-        });
-        seen[index].3.record(elapsed.as_secs_f64());
-    })
-}
-
 /// `GET /metrics`: the Prometheus text exposition.
 pub fn metrics_router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new().route("/metrics", get(render))
@@ -271,13 +242,13 @@ async fn render() -> impl IntoResponse {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         )],
-        metrics::handle().render(),
+        metrics::render(),
     )
 }
 
 #[cfg(test)]
 mod tests {
-    use axum::{body::Body, routing::get};
+    use axum::{body::Body, http::StatusCode, routing::get};
     use tower::ServiceExt;
 
     use super::*;
