@@ -8,6 +8,7 @@ pub mod guard;
 mod health;
 pub mod observe;
 pub mod server;
+mod watchdog;
 
 use std::{sync::Arc, time::Duration};
 

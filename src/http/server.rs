@@ -1,9 +1,9 @@
-//! The accept loop shared by every svc listener: hyper with a timer (so the
-//! header-read timeout really fires, unlike with `axum::serve`), TCP_NODELAY,
-//! and a graceful shutdown that stops accepting, lets in-flight requests
-//! finish within a grace period, and closes idle keep-alive connections.
+//! The accept loop shared by every svc listener: hyper with TCP_NODELAY, a
+//! watchdog per connection for the header timeout (`watchdog`), and a
+//! graceful shutdown that stops accepting, lets in-flight requests finish
+//! within a grace period, and closes idle keep-alive connections.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use axum::{Router, extract::ConnectInfo};
 use hyper::{body::Incoming, service::service_fn};
@@ -15,9 +15,13 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use super::watchdog::{self, Progress, Watched};
+
 #[derive(Debug, Clone, Copy)]
 pub struct ServerSettings {
-    /// A client that has not sent its request headers within this is dropped.
+    /// A connection that has not sent a complete request head within this
+    /// (and has no request in progress, and nothing being written) is
+    /// closed: a slow or silent client, or an idle keep-alive connection.
     pub header_timeout: Duration,
     /// How long in-flight requests may run on after shutdown begins.
     pub grace: Duration,
@@ -34,11 +38,8 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(settings.header_timeout)
-        .keep_alive(true);
+    // No header-read timeout of hyper's: the watchdog does that job.
+    builder.http1().keep_alive(true);
     builder.http2().timer(TokioTimer::new());
     let graceful = GracefulShutdown::new();
 
@@ -58,23 +59,37 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         let client_addresses = settings.client_addresses;
+        let progress = Arc::new(Progress::default());
+        let requests = progress.clone();
         let service = service_fn(move |mut request: hyper::Request<Incoming>| {
+            let answering = requests.begin();
             if client_addresses {
                 request
                     .extensions_mut()
                     .insert(ConnectInfo::<SocketAddr>(peer));
             }
-            router.clone().oneshot(request)
+            let answered = router.clone().oneshot(request);
+            async move {
+                let response = answered.await;
+                drop(answering);
+                response
+            }
         });
+        let stream = Watched::new(stream, progress.clone());
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
         let connection = graceful.watch(connection);
-        tokio::spawn(async move {
+        let connection = tokio::spawn(async move {
             if let Err(err) = connection.await {
                 tracing::debug!(error = %err, %peer, "connection ended with an error");
             }
         });
+        tokio::spawn(watchdog::watch(
+            progress,
+            connection,
+            settings.header_timeout,
+        ));
     }
 
     drop(listener);

@@ -33,6 +33,38 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
 }
 
 #[tokio::test]
+async fn a_keep_alive_connection_lives_while_used_and_is_closed_once_idle() {
+    let sandbox = Sandbox::new().await;
+    let args = sandbox.serve_args(&["--header-timeout-ms", "400"]);
+    let state = svc::serve::components(&args).unwrap();
+    let app = TestApp::start(sandbox, &args, state);
+
+    let address = app.address.trim_start_matches("http://").to_owned();
+    let mut stream = TcpStream::connect(&address).await.unwrap();
+    let mut buffer = vec![0u8; 4096];
+    // Requests 250 ms apart, well past the timeout in all: each one is progress.
+    for _ in 0..5 {
+        stream
+            .write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let read = stream.read(&mut buffer).await.unwrap();
+        let text = String::from_utf8_lossy(&buffer[..read]);
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Then silence: closed after the timeout (checked every quarter of it).
+    let idle = Instant::now();
+    let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buffer)).await;
+    assert_eq!(read.expect("still open after 5 s idle").unwrap(), 0);
+    assert!(
+        idle.elapsed() >= Duration::from_millis(140),
+        "{:?}",
+        idle.elapsed()
+    );
+}
+
+#[tokio::test]
 async fn a_client_that_never_finishes_its_body_is_answered_503_and_nothing_is_queued() {
     let sandbox = Sandbox::new().await;
     let args = sandbox.serve_args(&["--request-timeout-ms", "300"]);
