@@ -287,7 +287,7 @@ pub struct ServeArgs {
     #[arg(long, env = "SVC_REQUEST_TIMEOUT_MS", default_value = "2000", value_parser = parse_positive_u64)]
     pub request_timeout_ms: u64,
 
-    /// Longest time a client may take to send its request headers.
+    /// Longest a connection may go without a complete request head (and no request in progress): slow and idle clients are closed.
     #[arg(long, env = "SVC_HEADER_TIMEOUT_MS", default_value = "10000", value_parser = parse_positive_u64)]
     pub header_timeout_ms: u64,
 
