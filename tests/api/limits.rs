@@ -9,15 +9,21 @@ use tokio::{
 
 use crate::helpers::{Sandbox, TestApp, app_with_slow_store, assert_problem};
 
-#[tokio::test]
-async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+/// An app started with `flags`, and a plain TCP connection to it for
+/// writing requests byte by byte.
+async fn raw_connection(flags: &[&str]) -> (TestApp, TcpStream) {
     let sandbox = Sandbox::new().await;
-    let args = sandbox.serve_args(&["--header-timeout-ms", "300"]);
+    let args = sandbox.serve_args(flags);
     let state = svc::serve::components(&args).unwrap();
     let app = TestApp::start(sandbox, &args, state);
-
     let address = app.address.trim_start_matches("http://").to_owned();
-    let mut stream = TcpStream::connect(&address).await.unwrap();
+    let stream = TcpStream::connect(&address).await.unwrap();
+    (app, stream)
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    let (_app, mut stream) = raw_connection(&["--header-timeout-ms", "300"]).await;
     stream
         .write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\n")
         .await
@@ -34,13 +40,7 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
 
 #[tokio::test]
 async fn a_keep_alive_connection_lives_while_used_and_is_closed_once_idle() {
-    let sandbox = Sandbox::new().await;
-    let args = sandbox.serve_args(&["--header-timeout-ms", "400"]);
-    let state = svc::serve::components(&args).unwrap();
-    let app = TestApp::start(sandbox, &args, state);
-
-    let address = app.address.trim_start_matches("http://").to_owned();
-    let mut stream = TcpStream::connect(&address).await.unwrap();
+    let (_app, mut stream) = raw_connection(&["--header-timeout-ms", "400"]).await;
     let mut buffer = vec![0u8; 4096];
     // Requests 250 ms apart, well past the timeout in all: each one is progress.
     for _ in 0..5 {
@@ -66,13 +66,7 @@ async fn a_keep_alive_connection_lives_while_used_and_is_closed_once_idle() {
 
 #[tokio::test]
 async fn a_client_that_never_finishes_its_body_is_answered_503_and_nothing_is_queued() {
-    let sandbox = Sandbox::new().await;
-    let args = sandbox.serve_args(&["--request-timeout-ms", "300"]);
-    let state = svc::serve::components(&args).unwrap();
-    let app = TestApp::start(sandbox, &args, state);
-
-    let address = app.address.trim_start_matches("http://").to_owned();
-    let mut stream = TcpStream::connect(&address).await.unwrap();
+    let (app, mut stream) = raw_connection(&["--request-timeout-ms", "300"]).await;
     stream
         .write_all(
             b"POST /data HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"value\": ",
