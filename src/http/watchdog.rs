@@ -5,8 +5,8 @@
 //! timeout does, without its cost: hyper arms a timer for every request (a
 //! clock read, a boxed sleep, a timer-wheel insert and removal under a lock:
 //! about 5 % of serve's CPU on a warm read, docs/PERFORMANCE.md). Here each
-//! request bumps two counters of its connection, and a task per connection
-//! looks at them four times per timeout.
+//! request and each write bumps a counter of its connection, and a task per
+//! connection looks at them four times per timeout.
 
 use std::{
     io,
