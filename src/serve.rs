@@ -5,7 +5,6 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use axum::Router;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 
@@ -13,7 +12,7 @@ use crate::{
     cache::{RecordCache, redis::RedisCache, tiered::TieredCache},
     config::ServeArgs,
     http::{
-        self, AppState, HttpSettings,
+        self, AppState, Front, HttpSettings,
         server::{ServerSettings, serve},
     },
     queue::{RabbitPublisher, Topology, publisher::PublisherSettings},
@@ -85,7 +84,7 @@ fn http_settings(args: &ServeArgs) -> HttpSettings {
 /// A bound API server, not yet serving.
 pub struct Application {
     listener: TcpListener,
-    router: Router,
+    front: Front,
     settings: ServerSettings,
 }
 
@@ -107,7 +106,7 @@ impl Application {
                 // The rate limiter is the only reader of the client's address.
                 client_addresses: http.rate_limit.is_some(),
             },
-            router: http::router(state, &http),
+            front: http::api(state, &http),
         })
     }
 
@@ -119,7 +118,7 @@ impl Application {
 
     /// Serves until `shutdown` is cancelled, then drains in-flight requests.
     pub async fn run(self, shutdown: CancellationToken) {
-        serve(self.listener, self.router, self.settings, shutdown).await;
+        serve(self.listener, self.front, self.settings, shutdown).await;
     }
 }
 

@@ -77,5 +77,5 @@ pub async fn serve(listener: TcpListener, health: ConsumerHealth, shutdown: Canc
         grace: Duration::from_secs(2),
         client_addresses: false,
     };
-    serve_http(listener, health.router(), settings, shutdown).await;
+    serve_http(listener, health.router().into(), settings, shutdown).await;
 }

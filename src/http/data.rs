@@ -314,7 +314,7 @@ async fn load(state: AppState, id: Uuid) -> Loaded {
     }
 }
 
-fn json_body(status: StatusCode, body: Bytes) -> Response {
+pub(super) fn json_body(status: StatusCode, body: Bytes) -> Response {
     (
         status,
         [(

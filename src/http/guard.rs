@@ -46,12 +46,24 @@ impl InFlightLimit {
     pub fn admit(&self) -> Result<Admission<'_>, ApiError> {
         if self.admitted.fetch_add(1, Ordering::AcqRel) >= self.max {
             self.admitted.fetch_sub(1, Ordering::AcqRel);
-            ::metrics::counter!(crate::metrics::HTTP_SHED).increment(1);
-            return Err(ApiError::unavailable(
-                "the server is at capacity; retry shortly",
-            ));
+            return Err(Self::full());
         }
         Ok(Admission(&self.admitted))
+    }
+
+    /// For a request answered at once, which holds no place while others
+    /// wait: refused as `admit` would refuse it when every place is taken,
+    /// without writing the counter both workers share.
+    pub fn check_room(&self) -> Result<(), ApiError> {
+        if self.admitted.load(Ordering::Acquire) >= self.max {
+            return Err(Self::full());
+        }
+        Ok(())
+    }
+
+    fn full() -> ApiError {
+        ::metrics::counter!(crate::metrics::HTTP_SHED).increment(1);
+        ApiError::unavailable("the server is at capacity; retry shortly")
     }
 }
 
@@ -259,6 +271,17 @@ mod tests {
         );
         drop(first);
         assert!(limit.admit().is_ok());
+    }
+
+    #[test]
+    fn an_instant_answer_is_refused_only_when_every_place_is_taken() {
+        let limit = InFlightLimit::new(1);
+        assert!(limit.check_room().is_ok());
+        assert!(limit.check_room().is_ok(), "checking takes no place");
+        let only = limit.admit().unwrap();
+        assert!(limit.check_room().is_err());
+        drop(only);
+        assert!(limit.check_room().is_ok());
     }
 
     #[test]

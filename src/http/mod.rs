@@ -4,6 +4,7 @@
 mod data;
 pub mod docs;
 mod error;
+mod front;
 pub mod guard;
 mod health;
 pub mod observe;
@@ -22,6 +23,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use uuid::Uuid;
 
 pub use error::{ApiError, PROBLEM_JSON, Problem};
+pub use front::Front;
 pub use health::{Check, Checks, Ready, check, verdict};
 
 use crate::{
@@ -85,8 +87,13 @@ pub struct HttpSettings {
     pub cors_origins: Vec<String>,
 }
 
-/// The whole API, ready to serve.
-pub fn router(state: AppState, settings: &HttpSettings) -> Router {
+/// The whole API, ready to serve: the router behind the warm-read front.
+pub fn api(state: AppState, settings: &HttpSettings) -> Front {
+    Front::api(router(state.clone(), settings), state, settings)
+}
+
+/// Every route of the API.
+fn router(state: AppState, settings: &HttpSettings) -> Router {
     crate::metrics::handle();
     let observe = observe::ObserveLayer::new(settings.request_timeout);
     // The guard (rate limit, then key) runs inside the observe layer, so a

@@ -17,7 +17,7 @@ use std::{
 use axum::{
     Router,
     extract::{MatchedPath, Request},
-    http::{HeaderName, HeaderValue, Method, header},
+    http::{HeaderMap, HeaderName, HeaderValue, Method, header},
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -84,35 +84,120 @@ where
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        // The caller's id when it sent one, else a fresh one; either way the
-        // logs (through the span) and the response carry the same id.
-        let request_id = match request.headers().get(REQUEST_ID) {
-            Some(id) => id.clone(),
-            None => new_request_id(),
-        };
-        let route = request.extensions().get::<MatchedPath>().cloned();
-        let method = request.method().clone();
-        let span = tracing::info_span!(
-            "request",
-            method = %method,
-            route = route_label(route.as_ref()),
-            request_id = request_id.to_str().unwrap_or(""),
-        );
+        let route = Route::from(request.extensions().get::<MatchedPath>().cloned());
+        let observation = Observation::begin(request.headers(), request.method(), route);
         let handled = {
-            let _entered = span.enter();
+            let _entered = observation.span.enter();
             self.inner.call(request)
         };
         Observed {
             handled: AssertUnwindSafe(handled).catch_unwind(),
             deadline: None,
             limit: self.request_timeout,
+            observation,
+        }
+    }
+}
+
+impl ObserveLayer {
+    /// Observes a request answered at once, without routing or a handler
+    /// future (a warm read, `front`): the same request id, span, gauge,
+    /// latency histogram under `route`, and panic guard as a routed request.
+    pub fn answer_at_once<B>(
+        &self,
+        request: &axum::http::Request<B>,
+        route: &'static str,
+        answer: impl FnOnce() -> Response,
+    ) -> Response {
+        let mut observation =
+            Observation::begin(request.headers(), request.method(), Route::Known(route));
+        let response = {
+            let _entered = observation.span.enter();
+            std::panic::catch_unwind(AssertUnwindSafe(answer))
+                .unwrap_or_else(|_panic| ApiError::internal(&Panicked).into_response())
+        };
+        observation.finish(response)
+    }
+}
+
+/// The route label of logs and metrics: the matched route's pattern.
+enum Route {
+    Matched(MatchedPath),
+    Known(&'static str),
+}
+
+impl From<Option<MatchedPath>> for Route {
+    fn from(matched: Option<MatchedPath>) -> Self {
+        matched.map_or(Route::Known("unmatched"), Route::Matched)
+    }
+}
+
+impl Route {
+    fn label(&self) -> &str {
+        match self {
+            Route::Matched(path) => path.as_str(),
+            Route::Known(label) => label,
+        }
+    }
+}
+
+/// A request from its arrival to its answer: its id, span, start and place
+/// in the in-flight gauge.
+struct Observation {
+    started: Instant,
+    span: Span,
+    request_id: Option<HeaderValue>,
+    route: Route,
+    method: Method,
+    _in_flight: InFlight,
+}
+
+impl Observation {
+    fn begin(headers: &HeaderMap, method: &Method, route: Route) -> Self {
+        // The caller's id when it sent one, else a fresh one; either way the
+        // logs (through the span) and the response carry the same id.
+        let request_id = match headers.get(REQUEST_ID) {
+            Some(id) => id.clone(),
+            None => new_request_id(),
+        };
+        let span = tracing::info_span!(
+            "request",
+            method = %method,
+            route = route.label(),
+            request_id = request_id.to_str().unwrap_or(""),
+        );
+        Self {
             started: Instant::now(),
             span,
             request_id: Some(request_id),
             route,
-            method,
+            method: method.clone(),
             _in_flight: InFlight::enter(),
         }
+    }
+
+    /// Measures and logs the answer, and gives it the request id.
+    fn finish(&mut self, mut response: Response) -> Response {
+        let _entered = self.span.enter();
+        let elapsed = self.started.elapsed();
+        metrics::record_latency(
+            self.route.label(),
+            method_label(&self.method),
+            response.status(),
+            elapsed,
+        );
+        tracing::debug!(
+            status = response.status().as_u16(),
+            latency_us = elapsed.as_micros() as u64,
+            "request finished"
+        );
+        if let Some(request_id) = self.request_id.take() {
+            response
+                .headers_mut()
+                .entry(REQUEST_ID)
+                .or_insert(request_id);
+        }
+        response
     }
 }
 
@@ -128,12 +213,7 @@ pin_project! {
         #[pin]
         deadline: Option<Sleep>,
         limit: Duration,
-        started: Instant,
-        span: Span,
-        request_id: Option<HeaderValue>,
-        route: Option<MatchedPath>,
-        method: Method,
-        _in_flight: InFlight,
+        observation: Observation,
     }
 }
 
@@ -145,13 +225,14 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        let _entered = this.span.enter();
-        let mut response = match this.handled.poll(cx) {
+        let observation = this.observation;
+        let entered = observation.span.enter();
+        let response = match this.handled.poll(cx) {
             Poll::Ready(Ok(Ok(response))) => response,
             Poll::Ready(Err(_panic)) => ApiError::internal(&Panicked).into_response(),
             Poll::Pending => {
                 if this.deadline.is_none() {
-                    let at = tokio::time::Instant::from_std(*this.started + *this.limit);
+                    let at = tokio::time::Instant::from_std(observation.started + *this.limit);
                     this.deadline.set(Some(tokio::time::sleep_until(at)));
                 }
                 let deadline = this.deadline.as_pin_mut().expect("armed above");
@@ -165,20 +246,8 @@ where
                 ApiError::unavailable("the request took too long; retry later").into_response()
             }
         };
-        let elapsed = this.started.elapsed();
-        let route = route_label(this.route.as_ref());
-        metrics::record_latency(route, method_label(this.method), response.status(), elapsed);
-        tracing::debug!(
-            status = response.status().as_u16(),
-            latency_us = elapsed.as_micros() as u64,
-            "request finished"
-        );
-        if let Some(request_id) = this.request_id.take() {
-            response
-                .headers_mut()
-                .entry(REQUEST_ID)
-                .or_insert(request_id);
-        }
+        drop(entered);
+        let response = observation.finish(response);
         Poll::Ready(Ok(response))
     }
 }
@@ -186,11 +255,6 @@ where
 #[derive(Debug, thiserror::Error)]
 #[error("the handler panicked")]
 struct Panicked;
-
-/// The route label of logs and metrics: the matched route's pattern.
-fn route_label(route: Option<&MatchedPath>) -> &str {
-    route.map_or("unmatched", MatchedPath::as_str)
-}
 
 /// A random (v4) request id, as a header value.
 fn new_request_id() -> HeaderValue {

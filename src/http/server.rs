@@ -5,7 +5,7 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use axum::{Router, extract::ConnectInfo};
+use axum::extract::ConnectInfo;
 use hyper::{body::Incoming, service::service_fn};
 use hyper_util::{
     rt::{TokioExecutor, TokioIo, TokioTimer},
@@ -13,9 +13,11 @@ use hyper_util::{
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
 
-use super::watchdog::{self, Progress, Watched};
+use super::{
+    Front,
+    watchdog::{self, Progress, Watched},
+};
 
 #[derive(Debug, Clone, Copy)]
 pub struct ServerSettings {
@@ -30,10 +32,10 @@ pub struct ServerSettings {
     pub client_addresses: bool,
 }
 
-/// Serves `router` on `listener` until `shutdown` is cancelled, then drains.
+/// Serves `front` on `listener` until `shutdown` is cancelled, then drains.
 pub async fn serve(
     listener: TcpListener,
-    router: Router,
+    front: Front,
     settings: ServerSettings,
     shutdown: CancellationToken,
 ) {
@@ -57,7 +59,7 @@ pub async fn serve(
             () = shutdown.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
-        let router = router.clone();
+        let front = front.clone();
         let client_addresses = settings.client_addresses;
         let progress = Arc::new(Progress::default());
         let requests = progress.clone();
@@ -68,7 +70,7 @@ pub async fn serve(
                     .extensions_mut()
                     .insert(ConnectInfo::<SocketAddr>(peer));
             }
-            let answered = router.clone().oneshot(request);
+            let answered = front.call(request);
             async move {
                 let response = answered.await;
                 drop(answering);

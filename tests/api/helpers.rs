@@ -624,17 +624,21 @@ pub async fn app_with_slow_store(extra: &[&str]) -> (TestApp, Arc<CountingStore>
         reads: AtomicUsize::new(0),
     });
     let args = sandbox.serve_args(extra);
-    let publisher = RabbitPublisher::start(PublisherSettings {
-        url: args.amqp.amqp_url.clone(),
-        topology: sandbox.topology.clone(),
-        channels: 1,
-        confirm_timeout: Duration::from_secs(1),
-    });
     let state = AppState::new(
         counting.clone(),
         cache,
-        publisher as Arc<dyn Publisher>,
+        publisher(&sandbox),
         args.max_in_flight as usize,
     );
     (TestApp::start(sandbox, &args, state), counting, message)
+}
+
+/// A publisher to the sandbox's queues, with one channel.
+pub fn publisher(sandbox: &Sandbox) -> Arc<dyn Publisher> {
+    RabbitPublisher::start(PublisherSettings {
+        url: svc::config::parse_amqp_url(&amqp_url()).unwrap(),
+        topology: sandbox.topology.clone(),
+        channels: 1,
+        confirm_timeout: Duration::from_secs(1),
+    })
 }

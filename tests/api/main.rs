@@ -15,4 +15,5 @@ mod migrate;
 mod proxy;
 mod read_path;
 mod signals;
+mod warm_reads;
 mod write_then_read;
