@@ -351,7 +351,7 @@ def versions() -> dict:
 
 
 def ratio(numerator: float, denominator: float) -> str:
-    return f"{100 * numerator / denominator:.0f} %" if denominator else "n/a"
+    return f"{100 * numerator / denominator:.1f} %" if denominator else "n/a"
 
 
 def runs(row: dict) -> str:
