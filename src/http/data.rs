@@ -23,6 +23,11 @@ use crate::{
     telemetry::error_chain,
 };
 
+/// The route of one record; the warm-read front (`front`) answers it too,
+/// for paths that start with `RECORD_PREFIX`.
+pub(super) const RECORD_ROUTE: &str = "/data/{id}";
+pub(super) const RECORD_PREFIX: &str = "/data/";
+
 /// The `/data` routes, each handler behind the guard and inside the observe
 /// layer. Layered handler by handler rather than with `Router::layer`, which
 /// would put each route behind one more boxed service per request.
@@ -32,7 +37,7 @@ pub fn router(guard: &Guard, observe: ObserveLayer) -> Router<AppState> {
             "/data",
             post(layered(create, guard, observe)).get(layered(list, guard, observe)),
         )
-        .route("/data/{id}", get(layered(read, guard, observe)))
+        .route(RECORD_ROUTE, get(layered(read, guard, observe)))
 }
 
 fn layered<H, T>(handler: H, guard: &Guard, observe: ObserveLayer) -> impl Handler<T, AppState>
@@ -397,6 +402,11 @@ async fn list(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_record_prefix_is_the_record_route_without_its_parameter() {
+        assert_eq!(RECORD_ROUTE.strip_suffix("{id}"), Some(RECORD_PREFIX));
+    }
 
     fn headers(content_type: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();

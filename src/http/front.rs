@@ -73,9 +73,6 @@ impl Front {
     }
 }
 
-/// The route a warm read would have been routed to, for its label.
-const READ_ROUTE: &str = "/data/{id}";
-
 #[derive(Clone)]
 struct WarmReads {
     state: AppState,
@@ -93,18 +90,21 @@ impl WarmReads {
         // A UUID has no character that percent-decoding would change, so
         // this is the id the routed handler would parse; anything else
         // (a malformed id, another path) goes to the router.
-        let id = request.uri().path().strip_prefix("/data/")?;
+        let id = request.uri().path().strip_prefix(data::RECORD_PREFIX)?;
         let id = Uuid::try_parse(id).ok()?;
         if let Err(full) = self.state.in_flight.check_room() {
             return Some(
                 self.observe
-                    .answer_at_once(request, READ_ROUTE, || full.into_response()),
+                    .answer_at_once(request, data::RECORD_ROUTE, || full.into_response()),
             );
         }
         let body = self.state.cache.lookup_local(id)?;
-        Some(self.observe.answer_at_once(request, READ_ROUTE, || {
-            metrics::cache_hit();
-            data::json_body(StatusCode::OK, body)
-        }))
+        Some(
+            self.observe
+                .answer_at_once(request, data::RECORD_ROUTE, || {
+                    metrics::cache_hit();
+                    data::json_body(StatusCode::OK, body)
+                }),
+        )
     }
 }
