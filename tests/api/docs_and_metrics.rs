@@ -11,9 +11,7 @@ async fn metrics_show_request_latency_histograms_cache_and_publish_figures() {
     app.get_record(id).await; // a cache hit
     consumer.stop().await;
 
-    let response = app.client.get(app.url("/metrics")).send().await.unwrap();
-    assert_eq!(response.status(), 200);
-    let text = response.text().await.unwrap();
+    let text = app.metrics().await;
     for needle in [
         "# TYPE http_request_duration_seconds histogram",
         r#"http_request_duration_seconds_bucket{route="/data/{id}",method="GET",status="200",le="0.5"}"#,

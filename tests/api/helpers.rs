@@ -477,6 +477,13 @@ impl TestApp {
         (status, body)
     }
 
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        let response = self.client.get(self.url("/metrics")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.text().await.unwrap()
+    }
+
     pub async fn get_record(&self, id: Uuid) -> (u16, Value) {
         self.get(&format!("/data/{id}")).await
     }

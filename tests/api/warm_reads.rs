@@ -148,11 +148,7 @@ fn metric(text: &str, series: &str) -> f64 {
 #[tokio::test]
 async fn through_the_server_a_warm_read_answers_and_is_measured_as_the_routed_one() {
     let app = TestApp::spawn().await;
-    let metrics = || async {
-        let response = app.client.get(app.url("/metrics")).send().await.unwrap();
-        response.text().await.unwrap()
-    };
-    let before = metrics().await;
+    let before = app.metrics().await;
     let consumer = app.start_consumer(&[]);
     let id = app.accept("answered twice").await;
     let url = app.url(&format!("/data/{id}"));
@@ -185,7 +181,7 @@ async fn through_the_server_a_warm_read_answers_and_is_measured_as_the_routed_on
     );
     assert_eq!(routed.bytes().await.unwrap(), warm.bytes().await.unwrap());
 
-    let after = metrics().await;
+    let after = app.metrics().await;
     let ok = r#"http_request_duration_seconds_count{route="/data/{id}",method="GET",status="200"}"#;
     assert_eq!(metric(&after, ok) - metric(&before, ok), 2.0, "{after}");
     let memory_hits = "svc_cache_memory_hits_total";

@@ -111,15 +111,7 @@ async fn a_record_read_once_is_then_served_from_memory() {
     assert_eq!((status, &body), (200, &first));
     let refilled: bool = redis.exists(&key).await.unwrap();
     assert!(!refilled, "served from memory, Redis untouched");
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(metrics.contains("svc_cache_memory_hits_total"));
 }
 
