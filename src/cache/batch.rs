@@ -161,8 +161,11 @@ where
         let in_use = Arc::strong_count(&shared) > 1;
         let (mut items, outcome) = {
             let mut gathering = shared.gathering.lock().expect("never poisoned");
+            // The next batch is likely the size of this one: room for it
+            // now, rather than growing the buffer item by item.
+            let next = Vec::with_capacity(gathering.items.len());
             (
-                std::mem::take(&mut gathering.items),
+                std::mem::replace(&mut gathering.items, next),
                 std::mem::take(&mut gathering.outcome),
             )
         };

@@ -107,7 +107,8 @@ impl RedisCache {
             let mut hset = redis::cmd("HSET");
             hset.arg(self.bucket_key(bucket));
             for id in ids {
-                hset.arg(id.to_string()).arg(1);
+                hset.arg(&*id.hyphenated().encode_lower(&mut Uuid::encode_buffer()))
+                    .arg(1);
             }
             pipe.add_command(hset).ignore();
             pipe.cmd("EXPIREAT")
@@ -133,7 +134,7 @@ impl RedisCache {
             let mut hdel = redis::cmd("HDEL");
             hdel.arg(self.bucket_key(bucket));
             for id in ids {
-                hdel.arg(id.to_string());
+                hdel.arg(&*id.hyphenated().encode_lower(&mut Uuid::encode_buffer()));
             }
             pipe.add_command(hdel).ignore();
         }

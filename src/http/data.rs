@@ -173,7 +173,9 @@ async fn create(State(state): State<AppState>, request: Request) -> Result<Respo
         tracing::warn!(%id, error = %error_chain(&err), "cannot mark the write pending");
     }
 
-    let location = HeaderValue::try_from(format!("/data/{id}")).expect("a path is a valid header");
+    let mut id_text = Uuid::encode_buffer();
+    let location = [RECORD_PREFIX, id.hyphenated().encode_lower(&mut id_text)].concat();
+    let location = HeaderValue::try_from(location).expect("a path is a valid header");
     Ok((
         StatusCode::ACCEPTED,
         [(header::LOCATION, location)],

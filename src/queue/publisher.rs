@@ -20,6 +20,7 @@ use lapin::{
     BasicProperties, Channel, Confirmation, Connection,
     options::{BasicPublishOptions, ConfirmSelectOptions},
 };
+use uuid::Uuid;
 
 use super::{PublishError, Publisher, Topology, connect};
 use crate::{
@@ -176,10 +177,11 @@ impl RabbitPublisher {
         channel: &Channel,
         message: &DataMessage,
     ) -> Result<(), PublishError> {
+        let mut id_text = Uuid::encode_buffer();
         let properties = BasicProperties::default()
             .with_delivery_mode(2) // persistent
             .with_content_type("application/json".into())
-            .with_message_id(message.id.to_string().into());
+            .with_message_id((&*message.id.hyphenated().encode_lower(&mut id_text)).into());
         let confirm = channel
             .basic_publish(
                 self.settings.topology.exchange.as_str().into(),
