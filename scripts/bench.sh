@@ -11,15 +11,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v wrk >/dev/null; then
-    echo "bench: installing wrk" >&2
-    if [[ $(id -u) -eq 0 ]]; then apt-get install -y -qq wrk >/dev/null; else sudo apt-get install -y -qq wrk >/dev/null; fi
-fi
-scripts/services.sh
-cargo build --release --locked --bin svc --examples
-svc=target/release/svc
-NAME=svc_bench
-source scripts/fresh.sh
+NAME=svc_bench TOOLS=wrk
+source scripts/bench/prepare.sh
 # 1,000 connections for wrk and as many for each server: as many files as allowed.
 ulimit -n "$(ulimit -Hn)"
 exec python3 scripts/bench.py

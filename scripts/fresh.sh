@@ -1,4 +1,4 @@
-# Sourced by stack.sh and bench.sh: points svc at the local services in a
+# Sourced by stack.sh and bench/prepare.sh: points svc at the local services in a
 # database, queues and keys named $NAME, and empties them (no rows, no queued
 # messages, no cached keys from a previous run), then migrates.
 #   NAME and svc (the binary) must be set.

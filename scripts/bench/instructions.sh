@@ -11,23 +11,12 @@
 #   TOP=0 scripts/bench/instructions.sh      the two counts only
 #
 # Each server runs under valgrind (about 50 times slower), gets a 4 s warm-up
-# with 64 connections, then 15 s counted. About two minutes.
+# with 64 connections, then 15 s counted. About four minutes.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-if ! command -v valgrind >/dev/null; then
-    echo "instructions: installing valgrind" >&2
-    if [[ $(id -u) -eq 0 ]]; then apt-get install -y -qq valgrind >/dev/null; else sudo apt-get install -y -qq valgrind >/dev/null; fi
-fi
-if ! command -v wrk >/dev/null; then
-    echo "instructions: installing wrk" >&2
-    if [[ $(id -u) -eq 0 ]]; then apt-get install -y -qq wrk >/dev/null; else sudo apt-get install -y -qq wrk >/dev/null; fi
-fi
-scripts/services.sh
-cargo build --release --locked --bin svc --examples
-svc=target/release/svc
-NAME=svc_instructions
-source scripts/fresh.sh
+NAME=svc_instructions TOOLS="valgrind wrk"
+source scripts/bench/prepare.sh
 export SVC_LISTEN=127.0.0.1:18410 SVC_METRICS_LISTEN=127.0.0.1:19410
 out=target/bench/callgrind
 mkdir -p "$out"
