@@ -7,9 +7,10 @@ use uuid::Uuid;
 
 use super::record::{ValueError, validate_value};
 
-/// The bytes of an encoded message besides its value: the keys, the id and
-/// an RFC 3339 time with nanoseconds (about 110; escapes in the value may
-/// need more, which only costs one more allocation).
+/// The bytes of an encoded message besides its value's characters: the
+/// keys, the id, the value's quotes and an RFC 3339 time with nanoseconds
+/// (103 at most; escapes in the value may need more, which only costs one
+/// more allocation).
 const ENVELOPE_BYTES: usize = 128;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
