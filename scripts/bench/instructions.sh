@@ -15,7 +15,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-NAME=svc_instructions TOOLS="valgrind wrk"
+NAME=svc_instructions TOOLS="valgrind wrk curl"
 source scripts/bench/prepare.sh
 export SVC_LISTEN=127.0.0.1:18410 SVC_METRICS_LISTEN=127.0.0.1:19410
 out=target/bench/callgrind
