@@ -243,6 +243,20 @@ pub struct CpuUse {
     pub cores_busy: f64,
     /// Cores on this machine.
     pub cores: usize,
+    /// The whole machine over the same time, where the OS tells (Linux).
+    pub machine: Option<MachineCpu>,
+}
+
+/// The whole machine's CPU during a phase: server, broker, database, cache
+/// and generator together, and the time the hypervisor gave to other guests
+/// instead ("steal"). A tail that rose while cores were stolen measured the
+/// host, not the service.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct MachineCpu {
+    /// Busy CPU seconds per wall-clock second, every process together.
+    pub cores_busy: f64,
+    /// Stolen CPU seconds per wall-clock second.
+    pub cores_stolen: f64,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]

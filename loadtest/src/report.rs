@@ -65,7 +65,7 @@ pub fn table(phases: &[PhaseSummary]) -> String {
                 e.errors.connection
             );
         }
-        let _ = writeln!(
+        let _ = write!(
             out,
             "{:<9} {} users, {:.0} s measured after {:.0} s ramp-up and warm-up; generator CPU {:.2} of {} cores",
             "",
@@ -75,6 +75,14 @@ pub fn table(phases: &[PhaseSummary]) -> String {
             phase.generator_cpu.cores_busy,
             phase.generator_cpu.cores
         );
+        if let Some(machine) = phase.generator_cpu.machine {
+            let _ = write!(
+                out,
+                "; whole machine {:.2} busy, {:.2} stolen by the host",
+                machine.cores_busy, machine.cores_stolen
+            );
+        }
+        out.push('\n');
     }
     out
 }

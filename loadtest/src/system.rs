@@ -1,9 +1,10 @@
 //! What the load generator needs from the operating system: enough file
-//! descriptors for thousands of connections, and its own CPU use.
+//! descriptors for thousands of connections, its own CPU use and the whole
+//! machine's.
 
 use std::time::Instant;
 
-use crate::measure::CpuUse;
+use crate::measure::{CpuUse, MachineCpu};
 
 /// Raises the soft open-file limit to the hard limit. Past the limit,
 /// connections fail with no useful cause, so this runs before any load.
@@ -42,10 +43,54 @@ fn cpu_seconds() -> f64 {
     seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
-/// Measures the generator's CPU use over a stretch of time.
+/// The machine's CPU time so far, in clock ticks, from the first line of
+/// /proc/stat; `None` where there is no such file (not Linux).
+fn machine_ticks() -> Option<MachineTicks> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    MachineTicks::parse(stat.lines().next()?)
+}
+
+/// The first line of /proc/stat: `cpu  user nice system idle iowait irq
+/// softirq steal …`, summed over every core.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct MachineTicks {
+    busy: u64,
+    steal: u64,
+}
+
+impl MachineTicks {
+    fn parse(line: &str) -> Option<Self> {
+        let mut fields = line.split_whitespace();
+        if fields.next()? != "cpu" {
+            return None;
+        }
+        let ticks: Vec<u64> = fields
+            .take(8)
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .ok()?;
+        let [user, nice, system, _idle, _iowait, irq, softirq, steal] = ticks[..] else {
+            return None;
+        };
+        Some(Self {
+            busy: user + nice + system + irq + softirq,
+            steal,
+        })
+    }
+}
+
+fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as f64 } else { 100.0 }
+}
+
+/// Measures the generator's CPU use, and the machine's, over a stretch of
+/// time.
 pub struct CpuMeter {
     wall: Instant,
     cpu: f64,
+    machine: Option<MachineTicks>,
 }
 
 impl CpuMeter {
@@ -53,14 +98,52 @@ impl CpuMeter {
         Self {
             wall: Instant::now(),
             cpu: cpu_seconds(),
+            machine: machine_ticks(),
         }
     }
 
     pub fn stop(&self) -> CpuUse {
         let wall = self.wall.elapsed().as_secs_f64().max(0.001);
+        let machine = self.machine.zip(machine_ticks()).map(|(start, end)| {
+            let cores = |ticks: u64| ticks as f64 / ticks_per_second() / wall;
+            MachineCpu {
+                cores_busy: cores(end.busy.saturating_sub(start.busy)),
+                cores_stolen: cores(end.steal.saturating_sub(start.steal)),
+            }
+        });
         CpuUse {
             cores_busy: (cpu_seconds() - self.cpu) / wall,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            machine,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_line_of_proc_stat_gives_busy_and_stolen_ticks() {
+        let line = "cpu  49893 7 8965 84466 429 3 268 92 0 0";
+        assert_eq!(
+            MachineTicks::parse(line),
+            Some(MachineTicks {
+                busy: 49893 + 7 + 8965 + 3 + 268,
+                steal: 92
+            })
+        );
+        assert_eq!(MachineTicks::parse("cpu0 1 2 3 4 5 6 7 8"), None);
+        assert_eq!(MachineTicks::parse("cpu  1 2 3"), None);
+    }
+
+    #[test]
+    fn the_meter_reads_this_machine() {
+        let use_ = CpuMeter::start().stop();
+        assert!(use_.cores >= 1);
+        if cfg!(target_os = "linux") {
+            let machine = use_.machine.expect("/proc/stat is read on Linux");
+            assert!(machine.cores_busy >= 0.0 && machine.cores_stolen >= 0.0);
         }
     }
 }
