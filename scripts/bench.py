@@ -298,7 +298,12 @@ def whole_system(serve: Process, consumer: Process) -> dict:
 
 def end_to_end(rate: int) -> dict:
     """Accepted → persisted latency at a fixed arrival rate (svc loadtest's open model):
-    the gap between the API's accepted_at and the row's created_at."""
+    the gap between the API's accepted_at and the row's created_at. Where the tail is
+    slow, the seconds it came from and what Postgres did meanwhile (checkpoints,
+    autovacuum of the table) say whether one stall or the whole run made it."""
+    background = ("select (select checkpoints_timed + checkpoints_req from pg_stat_bgwriter) || '|' || "
+                  "(select autovacuum_count + autoanalyze_count from pg_stat_user_tables where relname = 'data')")
+    checkpoints_before, autovacuums_before = map(int, sql(background).split("|"))
     started = sql("select now()")
     report = OUT / "e2e"
     subprocess.run(
@@ -314,9 +319,21 @@ def end_to_end(rate: int) -> dict:
         "round(1000 * extract(epoch from max(created_at - accepted_at))::numeric, 1) "
         f"from data where accepted_at >= '{started}'")
     count, p50, p99, worst = stats.split("|")
+    # Seconds (from the start) in which some write took over 100 ms to persist.
+    slow = sql(
+        "select second || ':' || slow || ':' || worst from ("
+        f"select extract(epoch from date_trunc('second', accepted_at) - date_trunc('second', '{started}'::timestamptz))::int as second, "
+        "count(*) filter (where created_at - accepted_at > interval '100 ms') as slow, "
+        "round(1000 * extract(epoch from max(created_at - accepted_at))::numeric) as worst "
+        f"from data where accepted_at >= '{started}' group by 1) as seconds where slow > 0 order by second")
+    checkpoints_after, autovacuums_after = map(int, sql(background).split("|"))
     summary = json.loads((report / "summary.json").read_text())
     result = {"rate": rate, "rows": int(count), "p50_ms": float(p50), "p99_ms": float(p99),
-              "max_ms": float(worst), "loadtest_verdict": summary.get("verdict")}
+              "max_ms": float(worst), "loadtest_verdict": summary.get("verdict"),
+              # "second:writes over 100 ms:slowest ms" for each such second
+              "slow_seconds": slow.split() if slow else [],
+              "checkpoints": checkpoints_after - checkpoints_before,
+              "autovacuums_of_data": autovacuums_after - autovacuums_before}
     log(f"end to end at {rate}/s: {result}")
     return result
 
@@ -410,7 +427,9 @@ def markdown(results: dict) -> str:
         f"{w['rows_persisted']:,} rows for the {w['accepted']:,} 202s wrk counted (it stops counting with up to 64 "
         "requests in flight, which are accepted and persisted too) |",
         f"| accepted → persisted at {e['rate']:,} writes/s (half the sustained rate, open model) | "
-        f"p50 {e['p50_ms']} ms, **p99 {e['p99_ms']} ms**, max {e['max_ms']} ms over {e['rows']:,} writes |",
+        f"p50 {e['p50_ms']} ms, **p99 {e['p99_ms']} ms**, max {e['max_ms']} ms over {e['rows']:,} writes; "
+        f"{slow_seconds(e)}; meanwhile {e['checkpoints']} checkpoints and {e['autovacuums_of_data']} "
+        "autovacuums or autoanalyzes of `data` |",
         f"| `svc serve` holding 1,000 connections | peak RSS **{http[('svc GET', 1000)]['peak_rss_mib']} MiB** reading, "
         f"**{http[('svc POST', 1000)]['peak_rss_mib']} MiB** writing |",
         f"| `svc consume` | peak RSS **{d['peak_rss_mib']} MiB** while draining |",
@@ -420,6 +439,15 @@ def markdown(results: dict) -> str:
         lines.append(f"| `svc loadtest --users {g['users']}` (SLO, degradation, errors, durability) | "
                      f"verdict **{g['verdict']}**, exit code {g['exit_code']}{failed_gates(g)} |")
     return "\n".join(lines)
+
+
+def slow_seconds(e2e: dict) -> str:
+    slow = e2e["slow_seconds"]
+    if not slow:
+        return "no write took over 100 ms"
+    listed = ", ".join(f"s {second}: {count} (slowest {worst} ms)"
+                       for second, count, worst in (entry.split(":") for entry in slow))
+    return f"writes over 100 ms in {len(slow)} of its seconds ({listed})"
 
 
 def failed_gates(gate: dict) -> str:
