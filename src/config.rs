@@ -4,7 +4,8 @@
 //! Values are parsed and validated here, before anything connects, so a
 //! missing or malformed setting stops the command with one clear line
 //! (see [`crate::cli`]). Connection strings are [`SecretUrl`]s: their
-//! `Debug` and `Display` never show a password.
+//! `Debug` and `Display` never show a password; API keys are [`ApiKey`]s,
+//! never shown at all.
 
 use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
 
@@ -60,6 +61,23 @@ impl fmt::Debug for SecretUrl {
     }
 }
 
+/// An API key of `svc serve`: compared, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    /// The key itself: only for comparing with the one a request presents.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey(****)")
+    }
+}
+
 pub fn parse_postgres_url(text: &str) -> Result<SecretUrl, String> {
     let url = SecretUrl::parse(text, &["postgres", "postgresql"])?;
     sqlx::postgres::PgConnectOptions::from_str(text)
@@ -97,12 +115,12 @@ fn parse_positive_u64(text: &str) -> Result<u64, String> {
     }
 }
 
-fn parse_api_key(text: &str) -> Result<String, String> {
+fn parse_api_key(text: &str) -> Result<ApiKey, String> {
     let key = text.trim();
     if key.len() < 16 || !key.bytes().all(|b| b.is_ascii_graphic()) {
         return Err("each key must be at least 16 printable characters, without spaces".into());
     }
-    Ok(key.to_owned())
+    Ok(ApiKey(key.to_owned()))
 }
 
 fn parse_origin(text: &str) -> Result<String, String> {
@@ -269,7 +287,7 @@ pub struct ServeArgs {
 
     /// Comma-separated API keys; when set, `POST /data` needs one of them.
     #[arg(long, env = "SVC_API_KEYS", value_delimiter = ',', value_parser = parse_api_key, hide_env_values = true)]
-    pub api_keys: Vec<String>,
+    pub api_keys: Vec<ApiKey>,
 
     /// Comma-separated origins allowed by CORS (`*` for any); CORS is off when unset.
     #[arg(long, env = "SVC_CORS_ORIGINS", value_delimiter = ',', value_parser = parse_origin)]
@@ -408,7 +426,9 @@ mod tests {
 
     #[test]
     fn api_keys_and_origins_are_checked() {
-        assert!(parse_api_key("0123456789abcdef").is_ok());
+        let key = parse_api_key(" 0123456789abcdef ").unwrap();
+        assert_eq!(key.expose(), "0123456789abcdef");
+        assert_eq!(format!("{key:?}"), "ApiKey(****)");
         assert!(parse_api_key("short").is_err());
         assert!(parse_api_key("has a space in it!!").is_err());
         assert!(parse_origin("https://app.example.com").is_ok());

@@ -150,9 +150,9 @@ impl std::fmt::Debug for ApiKeys {
 }
 
 impl ApiKeys {
-    pub fn new(keys: &[String]) -> Self {
+    pub fn new<'a>(keys: impl IntoIterator<Item = &'a str>) -> Self {
         Self(Arc::new(
-            keys.iter().map(|k| k.as_bytes().to_vec()).collect(),
+            keys.into_iter().map(|k| k.as_bytes().to_vec()).collect(),
         ))
     }
 
@@ -314,7 +314,7 @@ mod tests {
 
     #[test]
     fn keys_are_matched_exactly() {
-        let keys = ApiKeys::new(&["alpha".into(), "beta-key".into()]);
+        let keys = ApiKeys::new(["alpha", "beta-key"]);
         assert!(keys.admits(b"alpha"));
         assert!(keys.admits(b"beta-key"));
         assert!(!keys.admits(b"alph"));

@@ -82,7 +82,7 @@ pub struct HttpSettings {
     /// Requests per second and burst per client address, when limited.
     pub rate_limit: Option<(u32, u32)>,
     /// Keys that writes need; empty: writes are open.
-    pub api_keys: Vec<String>,
+    pub api_keys: Vec<crate::config::ApiKey>,
     /// Origins CORS allows; empty: no CORS headers at all.
     pub cors_origins: Vec<String>,
 }
@@ -106,7 +106,8 @@ fn router(state: AppState, settings: &HttpSettings) -> Router {
         rate_limit: settings
             .rate_limit
             .map(|(per_second, burst)| guard::RateLimit::new(per_second, burst)),
-        api_keys: (!settings.api_keys.is_empty()).then(|| guard::ApiKeys::new(&settings.api_keys)),
+        api_keys: (!settings.api_keys.is_empty())
+            .then(|| guard::ApiKeys::new(settings.api_keys.iter().map(|k| k.expose()))),
     };
     let rest = Router::new()
         .merge(health::router())
