@@ -376,6 +376,20 @@ def ratio(numerator: float, denominator: float) -> str:
     return f"{100 * numerator / denominator:.1f} %" if denominator else "n/a"
 
 
+def paired_ratio(svc: dict, baseline: dict) -> str:
+    """svc against its baseline turn by turn (each svc run over the baseline run
+    just before it): the median of those ratios, each listed, then the ratio of
+    the two medians. Pairing cancels a machine whose speed drifts during the
+    row, which moves both runs of a turn alike."""
+    pairs = list(zip(svc.get("rounds_rps", []), baseline.get("rounds_rps", [])))
+    if len(pairs) < 2:
+        return ratio(svc["rps"], baseline["rps"])
+    ratios = sorted(100 * s / b for s, b in pairs if b)
+    turns = ", ".join(f"{100 * s / b:.1f}" for s, b in pairs if b)
+    return (f"{ratios[len(ratios) // 2]:.1f} % (turns: {turns} %; "
+            f"of the medians: {ratio(svc['rps'], baseline['rps'])})")
+
+
 def runs(row: dict) -> str:
     """Every run's requests/s, when there were several."""
     rounds = row.get("rounds_rps", [])
@@ -399,7 +413,8 @@ def markdown(results: dict) -> str:
         f"RabbitMQ {results['versions']['rabbitmq']}. Command: `scripts/bench.sh` "
         f"(wrk -t2; for each row a {WARMUP} s warm-up thrown away, then {ROUNDS} runs of {SECS} s "
         "taken in turns with the baseline, each write run from an empty queue; the median run's requests/s, "
-        "CPU and memory are shown with every run's requests/s, and the median of the runs' p99s with every run's).",
+        "CPU and memory are shown with every run's requests/s, and the median of the runs' p99s with every run's; "
+        "svc / baseline is the median of the turns' ratios, each listed).",
         "",
         "| path | connections | svc req/s | svc p99 | baseline req/s | baseline p99 | svc / baseline | svc CPU per 1,000 req | svc peak RSS |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -412,7 +427,7 @@ def markdown(results: dict) -> str:
             s, b = http[(svc_label, connections)], http[(base_label, connections)]
             lines.append(
                 f"| {path} | {connections} | {s['rps']:,}{runs(s)} | {p99(s)} | {b['rps']:,}{runs(b)} "
-                f"({base_name}) | {p99(b)} | {ratio(s['rps'], b['rps'])} | {s['cpu_ms_per_1000']} ms | "
+                f"({base_name}) | {p99(b)} | {paired_ratio(s, b)} | {s['cpu_ms_per_1000']} ms | "
                 f"{s['peak_rss_mib']} MiB |")
     d, w, e = results["drain"], results["system"], results["e2e"]
     lines += [
