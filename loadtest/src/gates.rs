@@ -168,6 +168,7 @@ mod tests {
             measured_secs: 1.0,
             excluded_secs: 0.0,
             generator_cpu: CpuUse::default(),
+            machine_cpu: None,
             endpoints: vec![EndpointSummary {
                 endpoint: Endpoint::GetById,
                 requests: 1000,

@@ -186,6 +186,7 @@ impl PhaseRecorder {
             measured_secs: window,
             excluded_secs: self.measure_from.duration_since(self.started).as_secs_f64(),
             generator_cpu: cpu,
+            machine_cpu: None,
             endpoints,
             timeline,
         }
@@ -243,8 +244,6 @@ pub struct CpuUse {
     pub cores_busy: f64,
     /// Cores on this machine.
     pub cores: usize,
-    /// The whole machine over the same time, where the OS tells (Linux).
-    pub machine: Option<MachineCpu>,
 }
 
 /// The whole machine's CPU during a phase: server, broker, database, cache
@@ -268,6 +267,8 @@ pub struct PhaseSummary {
     /// Ramp-up and warm-up left out at the start.
     pub excluded_secs: f64,
     pub generator_cpu: CpuUse,
+    /// The whole machine over the phase, where the OS tells (Linux).
+    pub machine_cpu: Option<MachineCpu>,
     pub endpoints: Vec<EndpointSummary>,
     pub timeline: Vec<TimelinePoint>,
 }

@@ -75,7 +75,7 @@ pub fn table(phases: &[PhaseSummary]) -> String {
             phase.generator_cpu.cores_busy,
             phase.generator_cpu.cores
         );
-        if let Some(machine) = phase.generator_cpu.machine {
+        if let Some(machine) = phase.machine_cpu {
             let _ = write!(
                 out,
                 "; whole machine {:.2} busy, {:.2} stolen by the host",

@@ -102,7 +102,8 @@ impl CpuMeter {
         }
     }
 
-    pub fn stop(&self) -> CpuUse {
+    /// The generator's CPU use, and the machine's where the OS tells.
+    pub fn stop(&self) -> (CpuUse, Option<MachineCpu>) {
         let wall = self.wall.elapsed().as_secs_f64().max(0.001);
         let machine = self.machine.zip(machine_ticks()).map(|(start, end)| {
             let cores = |ticks: u64| ticks as f64 / ticks_per_second() / wall;
@@ -111,11 +112,11 @@ impl CpuMeter {
                 cores_stolen: cores(end.steal.saturating_sub(start.steal)),
             }
         });
-        CpuUse {
+        let generator = CpuUse {
             cores_busy: (cpu_seconds() - self.cpu) / wall,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            machine,
-        }
+        };
+        (generator, machine)
     }
 }
 
@@ -139,10 +140,10 @@ mod tests {
 
     #[test]
     fn the_meter_reads_this_machine() {
-        let use_ = CpuMeter::start().stop();
-        assert!(use_.cores >= 1);
+        let (generator, machine) = CpuMeter::start().stop();
+        assert!(generator.cores >= 1);
         if cfg!(target_os = "linux") {
-            let machine = use_.machine.expect("/proc/stat is read on Linux");
+            let machine = machine.expect("/proc/stat is read on Linux");
             assert!(machine.cores_busy >= 0.0 && machine.cores_stolen >= 0.0);
         }
     }
