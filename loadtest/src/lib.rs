@@ -147,10 +147,7 @@ async fn try_run(args: &LoadtestArgs) -> anyhow::Result<Outcome> {
         );
         let cpu = system::CpuMeter::start();
         let recorder = run_phase(&plan, ledger.clone()).await?;
-        let (generator, machine) = cpu.stop();
-        let mut phase = recorder.summarise(plan.name, plan.users, plan.measured, generator);
-        phase.machine_cpu = machine;
-        phases.push(phase);
+        phases.push(recorder.summarise(plan.name, plan.users, plan.measured, cpu.stop()));
     }
 
     eprintln!(

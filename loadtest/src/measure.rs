@@ -140,7 +140,7 @@ impl PhaseRecorder {
         name: &str,
         users: u32,
         measured: Duration,
-        cpu: CpuUse,
+        cpu: PhaseCpu,
     ) -> PhaseSummary {
         let window = measured.as_secs_f64().max(0.001);
         let endpoints = Endpoint::ALL
@@ -185,8 +185,8 @@ impl PhaseRecorder {
             users,
             measured_secs: window,
             excluded_secs: self.measure_from.duration_since(self.started).as_secs_f64(),
-            generator_cpu: cpu,
-            machine_cpu: None,
+            generator_cpu: cpu.generator,
+            machine_cpu: cpu.machine,
             endpoints,
             timeline,
         }
@@ -246,6 +246,14 @@ pub struct CpuUse {
     pub cores: usize,
 }
 
+/// What a phase cost in CPU: the generator's own, and the whole machine's
+/// where the OS tells (Linux).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PhaseCpu {
+    pub generator: CpuUse,
+    pub machine: Option<MachineCpu>,
+}
+
 /// The whole machine's CPU during a phase: server, broker, database, cache
 /// and generator together, and the time the hypervisor gave to other guests
 /// instead ("steal"). A tail that rose while cores were stolen measured the
@@ -295,7 +303,7 @@ mod tests {
     fn samples_before_the_window_feed_only_the_timeline() {
         let recorder = PhaseRecorder::new(Duration::from_secs(3600), None);
         recorder.record(Endpoint::Post, Instant::now(), Ok(()));
-        let summary = recorder.summarise("x", 1, Duration::from_secs(1), CpuUse::default());
+        let summary = recorder.summarise("x", 1, Duration::from_secs(1), PhaseCpu::default());
         assert!(summary.endpoints.is_empty());
         assert_eq!(summary.timeline[0].requests, 1);
     }
@@ -308,7 +316,7 @@ mod tests {
         recorder.record(Endpoint::List, now, Err(Failure::Status));
         recorder.record(Endpoint::List, now, Err(Failure::Timeout));
         recorder.record(Endpoint::List, now, Err(Failure::Connection));
-        let summary = recorder.summarise("x", 1, Duration::from_secs(1), CpuUse::default());
+        let summary = recorder.summarise("x", 1, Duration::from_secs(1), PhaseCpu::default());
         let list = summary.endpoint(Endpoint::List).unwrap();
         assert_eq!(list.requests, 4);
         assert_eq!(
@@ -329,7 +337,7 @@ mod tests {
         let started = Instant::now();
         std::thread::sleep(Duration::from_millis(200));
         recorder.record(Endpoint::GetById, started, Ok(()));
-        let summary = recorder.summarise("x", 1, Duration::from_secs(1), CpuUse::default());
+        let summary = recorder.summarise("x", 1, Duration::from_secs(1), PhaseCpu::default());
         let get = summary.endpoint(Endpoint::GetById).unwrap();
         assert!(get.p50_ms > 80.0, "{get:?}");
         assert_eq!(get.requests, 1);

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use crate::measure::{CpuUse, MachineCpu};
+use crate::measure::{CpuUse, MachineCpu, PhaseCpu};
 
 /// Raises the soft open-file limit to the hard limit. Past the limit,
 /// connections fail with no useful cause, so this runs before any load.
@@ -103,7 +103,7 @@ impl CpuMeter {
     }
 
     /// The generator's CPU use, and the machine's where the OS tells.
-    pub fn stop(&self) -> (CpuUse, Option<MachineCpu>) {
+    pub fn stop(&self) -> PhaseCpu {
         let wall = self.wall.elapsed().as_secs_f64().max(0.001);
         let machine = self.machine.zip(machine_ticks()).map(|(start, end)| {
             let cores = |ticks: u64| ticks as f64 / ticks_per_second() / wall;
@@ -116,7 +116,7 @@ impl CpuMeter {
             cores_busy: (cpu_seconds() - self.cpu) / wall,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
-        (generator, machine)
+        PhaseCpu { generator, machine }
     }
 }
 
@@ -140,7 +140,7 @@ mod tests {
 
     #[test]
     fn the_meter_reads_this_machine() {
-        let (generator, machine) = CpuMeter::start().stop();
+        let PhaseCpu { generator, machine } = CpuMeter::start().stop();
         assert!(generator.cores >= 1);
         if cfg!(target_os = "linux") {
             let machine = machine.expect("/proc/stat is read on Linux");
