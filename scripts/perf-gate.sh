@@ -40,8 +40,11 @@ only_latency() {
     for kind in $1; do [[ $kind == slo || $kind == degradation ]] || return 1; done
 }
 
+# The gate itself; extra arguments go to `svc loadtest`.
+gate() { $svc loadtest --host "http://$API" "${users[@]}" --report-dir "$REPORT_DIR" "$@"; }
+
 status=0
-$svc loadtest --host "http://$API" "${users[@]}" --report-dir "$REPORT_DIR" "$@" || status=$?
+gate "$@" || status=$?
 if [[ $status == 1 && ${PERF_CONFIRM:-1} != 0 ]]; then
     kinds=$(failed_kinds "$REPORT_DIR/summary.json")
     if only_latency "$kinds"; then
@@ -50,7 +53,7 @@ if [[ $status == 1 && ${PERF_CONFIRM:-1} != 0 ]]; then
         mv "$REPORT_DIR"/summary.json "$REPORT_DIR"/*.html "$first/"
         echo "perf-gate: only latency gates failed ($kinds); measuring once more, the first run's report is in $first"
         status=0
-        $svc loadtest --host "http://$API" "${users[@]}" --report-dir "$REPORT_DIR" "$@" || status=$?
+        gate "$@" || status=$?
     else
         echo "perf-gate: failed gates ($kinds) are not measured again"
     fi
