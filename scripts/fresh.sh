@@ -10,10 +10,15 @@ export SVC_QUEUE_PREFIX=$NAME SVC_CACHE_PREFIX=$NAME: SVC_LOG_FORMAT=json RUST_L
 
 # (The broker tools are absent where RabbitMQ runs in a container; a leftover
 # queue there is drained by the consumer before the load starts.)
-psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $NAME WITH (FORCE)"
-if command -v redis-cli >/dev/null; then
-    redis-cli --scan --pattern "$NAME:*" | xargs -r redis-cli del >/dev/null
-fi
+# Drops the database and the keys named $NAME; also for cleaning up after.
+forget_named() {
+    psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $NAME WITH (FORCE)"
+    if command -v redis-cli >/dev/null; then
+        redis-cli --scan --pattern "$NAME:*" | xargs -r redis-cli del >/dev/null
+    fi
+}
+
+forget_named
 $svc migrate
 if command -v rabbitmqctl >/dev/null; then
     rabbitmqctl purge_queue "$NAME.data.ingest" >/dev/null 2>&1 || true

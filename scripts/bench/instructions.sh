@@ -56,8 +56,7 @@ mine=$(count svc 18410 "$svc" serve)
 for queue in "$NAME.data.ingest" "$NAME.data.dead"; do
     rabbitmqctl -q delete_queue "$queue" >/dev/null 2>&1 || true
 done
-redis-cli --scan --pattern "$NAME:*" | xargs -r redis-cli del >/dev/null
-psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $NAME WITH (FORCE)"
+forget_named
 
 python3 - "$bare" "$mine" <<'EOF'
 import sys
