@@ -1,8 +1,10 @@
 //! How accepted writes travel from `serve` to `consume`: RabbitMQ with
 //! publisher confirms. Handlers see only [`Publisher`].
 
+pub mod link;
 pub mod publisher;
 pub mod topology;
+mod wire;
 
 use async_trait::async_trait;
 
@@ -23,8 +25,10 @@ pub enum PublishError {
     Nacked,
     #[error("the message was returned unroutable: no queue is bound")]
     Returned,
+    #[error("the broker does not take publishes now (resource alarm)")]
+    Blocked,
     #[error("broker error")]
-    Broker(#[from] lapin::Error),
+    Broker(#[from] link::LinkError),
 }
 
 impl PublishError {
@@ -35,6 +39,7 @@ impl PublishError {
             Self::Timeout(_) => "timeout",
             Self::Nacked => "nack",
             Self::Returned => "returned",
+            Self::Blocked => "blocked",
             Self::Broker(_) => "broker_error",
         }
     }

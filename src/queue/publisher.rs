@@ -10,19 +10,17 @@
 use std::{
     sync::{
         Arc, RwLock, Weak,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use async_trait::async_trait;
-use lapin::{
-    BasicProperties, Channel, Confirmation, Connection,
-    options::{BasicPublishOptions, ConfirmSelectOptions},
-};
-use uuid::Uuid;
 
-use super::{PublishError, Publisher, Topology, connect};
+use super::{
+    PublishError, Publisher, Topology, connect,
+    link::{ConfirmLink, LinkError, LinkSettings, Settled},
+};
 use crate::{
     backoff::Backoff, config::SecretUrl, domain::DataMessage, metrics, telemetry::error_chain,
 };
@@ -35,17 +33,7 @@ pub struct PublisherSettings {
     pub confirm_timeout: Duration,
 }
 
-/// A live connection with its channels.
-struct Link {
-    connection: Connection,
-    channels: Vec<Channel>,
-}
-
-impl Link {
-    fn is_up(&self) -> bool {
-        self.connection.status().connected() && self.channels.iter().all(|c| c.status().connected())
-    }
-}
+type Link = ConfirmLink;
 
 /// How long a publish whose link was lost waits for the replacement link
 /// before giving up (the publish timeout bounds it too).
@@ -54,7 +42,6 @@ const RELINK_WAIT: Duration = Duration::from_millis(500);
 pub struct RabbitPublisher {
     settings: PublisherSettings,
     link: RwLock<Option<Arc<Link>>>,
-    next_channel: AtomicUsize,
     reconnecting: AtomicBool,
     this: Weak<Self>,
 }
@@ -66,7 +53,6 @@ impl RabbitPublisher {
         let publisher = Arc::new_cyclic(|this| Self {
             settings,
             link: RwLock::new(None),
-            next_channel: AtomicUsize::new(0),
             reconnecting: AtomicBool::new(false),
             this: this.clone(),
         });
@@ -111,9 +97,7 @@ impl RabbitPublisher {
                             .expect("lock is never poisoned")
                             .replace(Arc::new(link));
                         if let Some(old) = old {
-                            tokio::spawn(async move {
-                                let _ = old.connection.close(200, "reconnected".into()).await;
-                            });
+                            old.close();
                         }
                         tracing::info!(url = %this.settings.url, "publisher connected to the broker");
                         break;
@@ -155,52 +139,34 @@ impl RabbitPublisher {
         });
     }
 
-    async fn open_link(&self) -> lapin::Result<Link> {
-        let connection = connect(self.settings.url.expose(), "serve").await?;
-        let mut channels = Vec::with_capacity(self.settings.channels as usize);
-        for _ in 0..self.settings.channels {
+    /// Declares the topology (through lapin, as `migrate` does), then opens
+    /// the publishing link.
+    async fn open_link(&self) -> Result<Link, LinkError> {
+        let url = self.settings.url.expose();
+        let topology = &self.settings.topology;
+        let declared = async {
+            let connection = connect(url, "serve, declaring").await?;
             let channel = connection.create_channel().await?;
-            channel
-                .confirm_select(ConfirmSelectOptions::default())
-                .await?;
-            channels.push(channel);
-        }
-        self.settings.topology.declare(&channels[0]).await?;
-        Ok(Link {
-            connection,
-            channels,
-        })
+            topology.declare(&channel).await?;
+            connection.close(200, "declared".into()).await
+        };
+        declared.await?;
+        let settings = LinkSettings {
+            name: format!("svc serve (pid {})", std::process::id()),
+            channels: u16::try_from(self.settings.channels).unwrap_or(u16::MAX),
+            exchange: topology.exchange.clone(),
+            routing_key: topology.routing_key().to_owned(),
+        };
+        ConfirmLink::open(url, &settings).await
     }
 
-    async fn publish_on(
-        &self,
-        channel: &Channel,
-        message: &DataMessage,
-    ) -> Result<(), PublishError> {
-        let mut id_text = Uuid::encode_buffer();
-        let properties = BasicProperties::default()
-            .with_delivery_mode(2) // persistent
-            .with_content_type("application/json".into())
-            .with_message_id((&*message.id.hyphenated().encode_lower(&mut id_text)).into());
-        let confirm = channel
-            .basic_publish(
-                self.settings.topology.exchange.as_str().into(),
-                self.settings.topology.routing_key().into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                &message.encode(),
-                properties,
-            )
-            .await?;
-        match confirm.await? {
-            Confirmation::Ack(None) => Ok(()),
-            // The broker confirms an unroutable mandatory message too; only the
-            // basic.return attached to it says that no queue holds it.
-            Confirmation::Ack(Some(_)) => Err(PublishError::Returned),
-            Confirmation::Nack(_) => Err(PublishError::Nacked),
-            Confirmation::NotRequested => Err(PublishError::Nacked),
+    async fn publish_on(&self, link: &Link, message: &DataMessage) -> Result<(), PublishError> {
+        match link.publish(message.id, &message.encode()).await {
+            Settled::Ack => Ok(()),
+            Settled::Nack => Err(PublishError::Nacked),
+            Settled::Returned => Err(PublishError::Returned),
+            Settled::Blocked => Err(PublishError::Blocked),
+            Settled::Lost(reason) => Err(PublishError::Broker(LinkError::Lost(reason))),
         }
     }
 
@@ -214,7 +180,7 @@ impl RabbitPublisher {
             self.reconnect();
             return Err(PublishError::Unavailable);
         };
-        let lost = match self.publish_on(self.pick_channel(&link), message).await {
+        let lost = match self.publish_on(&link, message).await {
             Err(PublishError::Broker(err)) => err,
             settled => return settled,
         };
@@ -228,12 +194,7 @@ impl RabbitPublisher {
         let Some(fresh) = self.replacement_for(&link, RELINK_WAIT).await else {
             return Err(PublishError::Broker(lost));
         };
-        self.publish_on(self.pick_channel(&fresh), message).await
-    }
-
-    fn pick_channel<'a>(&self, link: &'a Link) -> &'a Channel {
-        let index = self.next_channel.fetch_add(1, Ordering::Relaxed) % link.channels.len();
-        &link.channels[index]
+        self.publish_on(&fresh, message).await
     }
 
     /// Waits, at most `within`, for a live link other than `old`.
