@@ -165,10 +165,21 @@ impl ConfirmLink {
             .query
             .connection_timeout
             .map_or(OPEN_TIMEOUT, Duration::from_millis);
-        let opened = tokio::time::timeout(within, Handshake::run(&uri, settings))
-            .await
-            .map_err(|_| LinkError::Timeout(within))??;
-        Ok(Self::start(opened, settings))
+        let settings = settings.clone();
+        let open = async move {
+            let opened = tokio::time::timeout(within, Handshake::run(&uri, &settings))
+                .await
+                .map_err(|_| LinkError::Timeout(within))??;
+            Ok(Self::start(opened, &settings))
+        };
+        if std::env::var_os("SVC_LINK_THREAD").is_some() {
+            link_runtime()
+                .spawn(open)
+                .await
+                .map_err(|err| LinkError::Lost(err.to_string().into()))?
+        } else {
+            open.await
+        }
     }
 
     fn start(opened: Opened, settings: &LinkSettings) -> Self {
@@ -258,6 +269,22 @@ impl ConfirmLink {
         );
         self.shared.lose("closed by svc".into(), &close);
     }
+}
+
+fn link_runtime() -> &'static tokio::runtime::Handle {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Handle> = std::sync::OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let handle = runtime.handle().clone();
+        std::thread::Builder::new()
+            .name("svc-amqp".into())
+            .spawn(move || runtime.block_on(std::future::pending::<()>()))
+            .expect("a thread");
+        handle
+    })
 }
 
 impl Drop for ConfirmLink {
@@ -358,7 +385,9 @@ impl Shared {
                     return Ok(());
                 };
                 match method {
-                    basic::AMQPMethod::Ack(ack) => channel.confirm(ack.delivery_tag, ack.multiple, true),
+                    basic::AMQPMethod::Ack(ack) => {
+                        channel.confirm(ack.delivery_tag, ack.multiple, true)
+                    }
                     basic::AMQPMethod::Nack(nack) => {
                         channel.confirm(nack.delivery_tag, nack.multiple, false);
                     }
@@ -680,7 +709,9 @@ fn refusal(method: &AMQPClass) -> Option<LinkError> {
         AMQPClass::Connection(connection::AMQPMethod::Close(close)) => {
             (close.reply_code, &close.reply_text)
         }
-        AMQPClass::Channel(channel::AMQPMethod::Close(close)) => (close.reply_code, &close.reply_text),
+        AMQPClass::Channel(channel::AMQPMethod::Close(close)) => {
+            (close.reply_code, &close.reply_text)
+        }
         _ => return None,
     };
     Some(LinkError::Refused {
@@ -711,18 +742,238 @@ fn client_properties(name: &str) -> FieldTable {
         capabilities.insert(capability.into(), AMQPValue::Boolean(true));
     }
     let mut properties = FieldTable::default();
-    properties.insert(
-        "product".into(),
-        AMQPValue::LongString("svc".into()),
-    );
+    properties.insert("product".into(), AMQPValue::LongString("svc".into()));
     properties.insert(
         "version".into(),
         AMQPValue::LongString(env!("CARGO_PKG_VERSION").into()),
     );
-    properties.insert(
-        "connection_name".into(),
-        AMQPValue::LongString(name.into()),
-    );
+    properties.insert("connection_name".into(), AMQPValue::LongString(name.into()));
     properties.insert("capabilities".into(), AMQPValue::FieldTable(capabilities));
     properties
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A link with no socket: what the reader would receive is fed by hand.
+    fn detached(channels: u16) -> ConfirmLink {
+        ConfirmLink {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State {
+                    out: Vec::new(),
+                    channels: (0..channels).map(|_| ChannelState::default()).collect(),
+                    next_channel: 0,
+                    blocked: false,
+                    lost: None,
+                }),
+                outgoing: Notify::new(),
+                down: CancellationToken::new(),
+                frame_max: 4096,
+            }),
+            exchange: "svc.data".into(),
+            routing_key: "data.ingest".into(),
+        }
+    }
+
+    fn basic(channel: u16, method: basic::AMQPMethod) -> Incoming {
+        Incoming::Method(channel, AMQPClass::Basic(method))
+    }
+
+    fn ack(channel: u16, delivery_tag: u64, multiple: bool) -> Incoming {
+        basic(
+            channel,
+            basic::AMQPMethod::Ack(basic::Ack {
+                delivery_tag,
+                multiple,
+            }),
+        )
+    }
+
+    /// Starts `count` publishes (spread over the channels in turn) and
+    /// returns them with their ids.
+    fn publish_many(
+        link: &Arc<ConfirmLink>,
+        count: usize,
+    ) -> Vec<(Uuid, tokio::task::JoinHandle<Settled>)> {
+        (0..count)
+            .map(|_| {
+                let id = Uuid::now_v7();
+                let link = link.clone();
+                (
+                    id,
+                    tokio::spawn(async move { link.publish(id, b"{}").await }),
+                )
+            })
+            .collect()
+    }
+
+    /// Waits until `count` publishes in all have been sent.
+    async fn until_sent(link: &ConfirmLink, count: usize) {
+        while link
+            .shared
+            .state
+            .lock()
+            .unwrap()
+            .channels
+            .iter()
+            .map(|c| c.last_tag)
+            .sum::<u64>()
+            < count as u64
+        {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn acks_single_and_multiple_settle_the_publishes_they_name() {
+        let link = Arc::new(detached(2));
+        let publishes = publish_many(&link, 6);
+        until_sent(&link, 6).await;
+        // Channel 1 carried publishes 0, 2, 4 (tags 1, 2, 3); channel 2 the rest.
+        link.shared.receive(ack(1, 2, true)).unwrap();
+        link.shared.receive(ack(2, 2, false)).unwrap();
+        link.shared
+            .receive(basic(
+                2,
+                basic::AMQPMethod::Nack(basic::Nack {
+                    delivery_tag: 1,
+                    multiple: false,
+                    requeue: false,
+                }),
+            ))
+            .unwrap();
+        link.shared.receive(ack(1, 3, false)).unwrap();
+        link.shared.receive(ack(2, 3, true)).unwrap();
+        let mut settled = Vec::new();
+        for (_, publish) in publishes {
+            settled.push(publish.await.unwrap());
+        }
+        use Settled::{Ack, Nack};
+        assert_eq!(settled, [Ack, Nack, Ack, Ack, Ack, Ack]);
+    }
+
+    #[tokio::test]
+    async fn a_returned_message_settles_as_returned_when_its_ack_comes() {
+        let link = Arc::new(detached(1));
+        let mut publishes = publish_many(&link, 2);
+        until_sent(&link, 2).await;
+        let returned_id = publishes[1].0;
+        link.shared
+            .receive(basic(
+                1,
+                basic::AMQPMethod::Return(basic::Return {
+                    reply_code: 312,
+                    reply_text: "NO_ROUTE".into(),
+                    exchange: "svc.data".into(),
+                    routing_key: "data.ingest".into(),
+                }),
+            ))
+            .unwrap();
+        link.shared
+            .receive(Incoming::Header {
+                channel: 1,
+                message_id: Some(returned_id.to_string()),
+            })
+            .unwrap();
+        link.shared.receive(Incoming::Body).unwrap();
+        link.shared.receive(ack(1, 2, true)).unwrap();
+        let second = publishes.pop().unwrap().1.await.unwrap();
+        let first = publishes.pop().unwrap().1.await.unwrap();
+        assert_eq!((first, second), (Settled::Ack, Settled::Returned));
+    }
+
+    #[tokio::test]
+    async fn a_blocked_broker_refuses_publishes_at_once_until_unblocked() {
+        let link = detached(1);
+        let connection = |method| Incoming::Method(0, AMQPClass::Connection(method));
+        link.shared
+            .receive(connection(connection::AMQPMethod::Blocked(
+                connection::Blocked {
+                    reason: "low on memory".into(),
+                },
+            )))
+            .unwrap();
+        assert_eq!(link.publish(Uuid::now_v7(), b"{}").await, Settled::Blocked);
+        assert!(
+            link.shared.state.lock().unwrap().out.is_empty(),
+            "nothing was sent"
+        );
+        link.shared
+            .receive(connection(connection::AMQPMethod::Unblocked(
+                connection::Unblocked {},
+            )))
+            .unwrap();
+        let link = Arc::new(link);
+        let publishes = publish_many(&link, 1);
+        until_sent(&link, 1).await;
+        link.shared.receive(ack(1, 1, false)).unwrap();
+        for (_, publish) in publishes {
+            assert_eq!(publish.await.unwrap(), Settled::Ack);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_closed_channel_loses_the_link_and_every_publish_awaiting_its_confirm() {
+        let link = Arc::new(detached(2));
+        let publishes = publish_many(&link, 3);
+        until_sent(&link, 3).await;
+        let closed = link.shared.receive(Incoming::Method(
+            2,
+            AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
+                reply_code: 404,
+                reply_text: "NOT_FOUND - no exchange".into(),
+                class_id: 60,
+                method_id: 40,
+            })),
+        ));
+        let (reason, close_ok) = closed.unwrap_err();
+        assert!(reason.contains("404 NOT_FOUND"), "{reason}");
+        link.shared.lose(reason, &close_ok);
+        assert!(!link.is_up());
+        for (_, publish) in publishes {
+            assert!(matches!(publish.await.unwrap(), Settled::Lost(_)));
+        }
+        assert!(matches!(
+            link.publish(Uuid::now_v7(), b"{}").await,
+            Settled::Lost(_)
+        ));
+        // The broker is answered: channel.close-ok is the last thing sent.
+        let out = link.shared.state.lock().unwrap().out.clone();
+        assert!(out.ends_with(&close_ok), "close-ok not sent");
+    }
+
+    #[tokio::test]
+    async fn publishes_whose_callers_gave_up_are_forgotten() {
+        let link = Arc::new(detached(1));
+        let gave_up = publish_many(&link, 3);
+        until_sent(&link, 3).await;
+        for (_, publish) in &gave_up {
+            publish.abort();
+        }
+        for (_, publish) in gave_up {
+            let _ = publish.await;
+        }
+        let waiting = publish_many(&link, 1);
+        until_sent(&link, 4).await;
+        assert_eq!(
+            link.shared.state.lock().unwrap().channels[0]
+                .unconfirmed
+                .len(),
+            1
+        );
+        link.shared.receive(ack(1, 4, false)).unwrap();
+        assert_eq!(
+            waiting.into_iter().next().unwrap().1.await.unwrap(),
+            Settled::Ack
+        );
+    }
+
+    #[test]
+    fn a_limit_of_zero_means_none() {
+        assert_eq!(lower_limit(0u16, 0), 0);
+        assert_eq!(lower_limit(0u16, 7), 7);
+        assert_eq!(lower_limit(2047u16, 0), 2047);
+        assert_eq!(lower_limit(131_072u32, 4096), 4096);
+    }
 }

@@ -247,7 +247,11 @@ mod tests {
             })
             .collect();
         assert_eq!(bodies.len(), 3);
-        assert!(bodies.iter().all(|chunk| chunk.len() <= 4096 - FRAME_OVERHEAD));
+        assert!(
+            bodies
+                .iter()
+                .all(|chunk| chunk.len() <= 4096 - FRAME_OVERHEAD)
+        );
         assert_eq!(bodies.concat(), body);
     }
 

@@ -17,8 +17,14 @@ use crate::{
 
 /// An API whose broker connection runs through `proxy`.
 async fn app_behind(proxy: &FaultProxy) -> TestApp {
+    app_behind_with(proxy, "").await
+}
+
+/// `app_behind` with `query` (AMQP URI parameters) added to the broker's URL.
+async fn app_behind_with(proxy: &FaultProxy, query: &str) -> TestApp {
     let sandbox = Sandbox::new().await;
-    let args = sandbox.serve_args(&["--amqp-url", &proxy.url_for(&amqp_url())]);
+    let url = with_query(&proxy.url_for(&amqp_url()), query);
+    let args = sandbox.serve_args(&["--amqp-url", &url]);
     let app = TestApp::start(sandbox, &args, svc::serve::components(&args).unwrap());
     app.wait_until_ready().await;
     app
@@ -73,6 +79,65 @@ async fn a_confirm_lost_with_its_connection_is_published_again_and_persisted_onc
     assert_eq!(app.get_record(id).await.1["value"], "confirm lost");
     let metrics = svc::metrics::handle().render();
     assert!(metrics.contains("svc_publish_retries_total"), "{metrics}");
+}
+
+fn with_query(url: &str, query: &str) -> String {
+    match (query.is_empty(), url.contains('?')) {
+        (true, _) => url.to_owned(),
+        (false, true) => format!("{url}&{query}"),
+        (false, false) => format!("{url}?{query}"),
+    }
+}
+
+/// The connection stays open but the broker falls silent: its missing
+/// heartbeats take the link down, readiness turns red, and writes are
+/// refused at once instead of each waiting out the publish timeout.
+#[tokio::test]
+async fn a_broker_gone_silent_is_noticed_by_its_missing_heartbeats() {
+    let proxy = FaultProxy::start(&host_port(&amqp_url())).await;
+    let app = app_behind_with(&proxy, "heartbeat=1&connection_timeout=1000").await;
+    proxy.swallow_replies();
+    eventually(
+        "readiness noticing the silent broker",
+        Duration::from_secs(5),
+        || async { app.get("/health/ready").await.0 == 503 },
+    )
+    .await;
+    let started = Instant::now();
+    let response = app.post_value("while the broker is silent").await;
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "refused at once"
+    );
+    assert_problem(response, 503).await;
+
+    proxy.restore();
+    eventually(
+        "the publisher reconnecting",
+        Duration::from_secs(15),
+        || async { app.post_value("after the silence").await.status() == 202 },
+    )
+    .await;
+}
+
+/// A message bigger than the frame size agreed with the broker travels in
+/// several body frames and arrives whole.
+#[tokio::test]
+async fn a_write_larger_than_a_frame_arrives_whole() {
+    let sandbox = Sandbox::new().await;
+    let url = with_query(&amqp_url(), "frame_max=4096");
+    let args = sandbox.serve_args(&["--amqp-url", &url]);
+    let app = TestApp::start(sandbox, &args, svc::serve::components(&args).unwrap());
+    app.wait_until_ready().await;
+    // 8,192 bytes of value, each quote escaped in the message: about 16 KiB.
+    let value = "\"".repeat(8192);
+    let response = app.post_value(&value).await;
+    assert_eq!(response.status(), 202);
+    let body: Value = response.json().await.unwrap();
+    let id = body["id"].as_str().unwrap().parse().unwrap();
+    let _consumer = app.start_consumer(&[]);
+    let record = app.wait_for_record(id).await;
+    assert_eq!(record["value"].as_str(), Some(value.as_str()));
 }
 
 #[tokio::test]
