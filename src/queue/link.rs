@@ -165,21 +165,10 @@ impl ConfirmLink {
             .query
             .connection_timeout
             .map_or(OPEN_TIMEOUT, Duration::from_millis);
-        let settings = settings.clone();
-        let open = async move {
-            let opened = tokio::time::timeout(within, Handshake::run(&uri, &settings))
-                .await
-                .map_err(|_| LinkError::Timeout(within))??;
-            Ok(Self::start(opened, &settings))
-        };
-        if std::env::var_os("SVC_LINK_THREAD").is_some() {
-            link_runtime()
-                .spawn(open)
-                .await
-                .map_err(|err| LinkError::Lost(err.to_string().into()))?
-        } else {
-            open.await
-        }
+        let opened = tokio::time::timeout(within, Handshake::run(&uri, settings))
+            .await
+            .map_err(|_| LinkError::Timeout(within))??;
+        Ok(Self::start(opened, settings))
     }
 
     fn start(opened: Opened, settings: &LinkSettings) -> Self {
@@ -269,22 +258,6 @@ impl ConfirmLink {
         );
         self.shared.lose("closed by svc".into(), &close);
     }
-}
-
-fn link_runtime() -> &'static tokio::runtime::Handle {
-    static RUNTIME: std::sync::OnceLock<tokio::runtime::Handle> = std::sync::OnceLock::new();
-    RUNTIME.get_or_init(|| {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime");
-        let handle = runtime.handle().clone();
-        std::thread::Builder::new()
-            .name("svc-amqp".into())
-            .spawn(move || runtime.block_on(std::future::pending::<()>()))
-            .expect("a thread");
-        handle
-    })
 }
 
 impl Drop for ConfirmLink {
