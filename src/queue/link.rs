@@ -483,6 +483,14 @@ async fn write_frames(mut write: OwnedWriteHalf, shared: Arc<Shared>, heartbeat:
                 true
             }
         };
+        if woken {
+            // Woken by the first publish into an empty buffer. tokio runs a
+            // task woken this way next, before the requests that are about to
+            // publish too: one write per message. Yielding once lets them
+            // add theirs, so one write carries many (wrk at 64 connections:
+            // about one write per publish without it).
+            tokio::task::yield_now().await;
+        }
         let down = {
             let mut state = shared.state.lock().expect("lock is never poisoned");
             std::mem::swap(&mut state.out, &mut sending);

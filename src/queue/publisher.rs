@@ -89,6 +89,11 @@ impl RabbitPublisher {
         tokio::spawn(async move {
             let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
             loop {
+                // Writes that lost the old link all ask for a new one; once
+                // one is up, replacing it would lose the writes it carries.
+                if this.current().is_some() {
+                    break;
+                }
                 match this.open_link().await {
                     Ok(link) => {
                         let old = this
