@@ -595,46 +595,38 @@ impl Handshake {
             )
             .await?;
         handshake
-            .send(
+            .call(
                 0,
                 AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
                     virtual_host: uri.vhost.as_str().into(),
                 })),
+                "connection.open-ok",
+                |method| {
+                    matches!(
+                        method,
+                        AMQPClass::Connection(connection::AMQPMethod::OpenOk(_))
+                    )
+                },
             )
             .await?;
-        handshake
-            .expect("connection.open-ok", 0, |method| match method {
-                AMQPClass::Connection(connection::AMQPMethod::OpenOk(_)) => Some(()),
-                _ => None,
-            })
-            .await?;
-
         for number in 1..=settings.channels {
             handshake
-                .send(
+                .call(
                     number,
                     AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+                    "channel.open-ok",
+                    |method| matches!(method, AMQPClass::Channel(channel::AMQPMethod::OpenOk(_))),
                 )
                 .await?;
             handshake
-                .expect("channel.open-ok", number, |method| match method {
-                    AMQPClass::Channel(channel::AMQPMethod::OpenOk(_)) => Some(()),
-                    _ => None,
-                })
-                .await?;
-            handshake
-                .send(
+                .call(
                     number,
                     AMQPClass::Confirm(confirm::AMQPMethod::Select(confirm::Select {
                         nowait: false,
                     })),
+                    "confirm.select-ok",
+                    |method| matches!(method, AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(_))),
                 )
-                .await?;
-            handshake
-                .expect("confirm.select-ok", number, |method| match method {
-                    AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(_)) => Some(()),
-                    _ => None,
-                })
                 .await?;
         }
         Ok(Opened {
@@ -643,6 +635,19 @@ impl Handshake {
             frame_max: frame_max as usize,
             heartbeat: (heartbeat > 0).then(|| Duration::from_secs(heartbeat.into())),
         })
+    }
+
+    /// Sends `method` on `channel` and waits for the answer `is_answer` accepts.
+    async fn call(
+        &mut self,
+        channel: u16,
+        method: AMQPClass,
+        answer: &'static str,
+        is_answer: impl Fn(&AMQPClass) -> bool,
+    ) -> Result<(), LinkError> {
+        self.send(channel, method).await?;
+        self.expect(answer, channel, |method| is_answer(&method).then_some(()))
+            .await
     }
 
     async fn send(&mut self, channel: u16, method: AMQPClass) -> Result<(), LinkError> {
