@@ -56,6 +56,8 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_FRAME_MAX: u32 = 128 * 1024;
 /// Frames before tuning are small; this only bounds a broken peer.
 const HANDSHAKE_FRAME_MAX: usize = 1 << 20;
+/// What each of the two send buffers starts with.
+const SEND_BUFFER: usize = 64 * 1024;
 /// A send buffer that grew past this during a burst is not kept.
 const KEPT_BUFFER: usize = 1 << 20;
 
@@ -174,7 +176,7 @@ impl ConfirmLink {
     fn start(opened: Opened, settings: &LinkSettings) -> Self {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                out: Vec::with_capacity(64 * 1024),
+                out: Vec::with_capacity(SEND_BUFFER),
                 channels: (0..settings.channels)
                     .map(|_| ChannelState::default())
                     .collect(),
@@ -245,9 +247,7 @@ impl ConfirmLink {
 
     /// Closes the connection: publishes still awaiting a confirm settle as lost.
     pub fn close(&self) {
-        let mut close = Vec::new();
-        wire::put_method(
-            &mut close,
+        let close = wire::method_frame(
             0,
             AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
                 reply_code: 200,
@@ -388,9 +388,7 @@ impl Shared {
                     state.blocked = false;
                 }
                 connection::AMQPMethod::Close(close) => {
-                    let mut close_ok = Vec::new();
-                    wire::put_method(
-                        &mut close_ok,
+                    let close_ok = wire::method_frame(
                         0,
                         AMQPClass::Connection(connection::AMQPMethod::CloseOk(
                             connection::CloseOk {},
@@ -408,9 +406,7 @@ impl Shared {
                 _ => {}
             },
             Incoming::Method(number, AMQPClass::Channel(channel::AMQPMethod::Close(close))) => {
-                let mut close_ok = Vec::new();
-                wire::put_method(
-                    &mut close_ok,
+                let close_ok = wire::method_frame(
                     number,
                     AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
                 );
@@ -472,7 +468,7 @@ async fn read_frames(
 /// when nothing was sent for half the interval. After the link goes down it
 /// sends the last words and shuts the socket.
 async fn write_frames(mut write: OwnedWriteHalf, shared: Arc<Shared>, heartbeat: Option<Duration>) {
-    let mut sending = Vec::with_capacity(64 * 1024);
+    let mut sending = Vec::with_capacity(SEND_BUFFER);
     loop {
         let woken = match heartbeat {
             Some(interval) => tokio::time::timeout(interval / 2, shared.outgoing.notified())
@@ -506,7 +502,7 @@ async fn write_frames(mut write: OwnedWriteHalf, shared: Arc<Shared>, heartbeat:
             }
             sending.clear();
             if sending.capacity() > KEPT_BUFFER {
-                sending = Vec::with_capacity(64 * 1024);
+                sending = Vec::with_capacity(SEND_BUFFER);
             }
         }
         if down {
@@ -651,9 +647,9 @@ impl Handshake {
     }
 
     async fn send(&mut self, channel: u16, method: AMQPClass) -> Result<(), LinkError> {
-        let mut frame = Vec::new();
-        wire::put_method(&mut frame, channel, method);
-        self.stream.write_all(&frame).await?;
+        self.stream
+            .write_all(&wire::method_frame(channel, method))
+            .await?;
         Ok(())
     }
 

@@ -55,10 +55,15 @@ pub trait Publisher: Send + Sync + 'static {
     fn is_connected(&self) -> bool;
 }
 
+/// How a connection of `role` is named in the broker's management UI.
+pub fn connection_name(role: &str) -> String {
+    format!("svc {role} (pid {})", std::process::id())
+}
+
 /// Opens a broker connection with a recognisable name in the management UI.
 pub async fn connect(url: &str, role: &str) -> lapin::Result<lapin::Connection> {
-    let name = format!("svc {role} (pid {})", std::process::id());
-    let properties = lapin::ConnectionProperties::default().with_connection_name(name.into());
+    let properties =
+        lapin::ConnectionProperties::default().with_connection_name(connection_name(role).into());
     lapin::Connection::connect(url, properties).await
 }
 

@@ -18,7 +18,7 @@ use std::{
 use async_trait::async_trait;
 
 use super::{
-    PublishError, Publisher, Topology, connect,
+    PublishError, Publisher, Topology, connect, connection_name,
     link::{ConfirmLink, LinkError, LinkSettings, Settled},
 };
 use crate::{
@@ -33,15 +33,13 @@ pub struct PublisherSettings {
     pub confirm_timeout: Duration,
 }
 
-type Link = ConfirmLink;
-
 /// How long a publish whose link was lost waits for the replacement link
 /// before giving up (the publish timeout bounds it too).
 const RELINK_WAIT: Duration = Duration::from_millis(500);
 
 pub struct RabbitPublisher {
     settings: PublisherSettings,
-    link: RwLock<Option<Arc<Link>>>,
+    link: RwLock<Option<Arc<ConfirmLink>>>,
     reconnecting: AtomicBool,
     this: Weak<Self>,
 }
@@ -73,7 +71,7 @@ impl RabbitPublisher {
         false
     }
 
-    fn current(&self) -> Option<Arc<Link>> {
+    fn current(&self) -> Option<Arc<ConfirmLink>> {
         let link = self.link.read().expect("lock is never poisoned").clone()?;
         link.is_up().then_some(link)
     }
@@ -146,7 +144,7 @@ impl RabbitPublisher {
 
     /// Declares the topology (through lapin, as `migrate` does), then opens
     /// the publishing link.
-    async fn open_link(&self) -> Result<Link, LinkError> {
+    async fn open_link(&self) -> Result<ConfirmLink, LinkError> {
         let url = self.settings.url.expose();
         let topology = &self.settings.topology;
         let declared = async {
@@ -157,7 +155,7 @@ impl RabbitPublisher {
         };
         declared.await?;
         let settings = LinkSettings {
-            name: format!("svc serve (pid {})", std::process::id()),
+            name: connection_name("serve"),
             channels: u16::try_from(self.settings.channels).unwrap_or(u16::MAX),
             exchange: topology.exchange.clone(),
             routing_key: topology.routing_key().to_owned(),
@@ -165,7 +163,11 @@ impl RabbitPublisher {
         ConfirmLink::open(url, &settings).await
     }
 
-    async fn publish_on(&self, link: &Link, message: &DataMessage) -> Result<(), PublishError> {
+    async fn publish_on(
+        &self,
+        link: &ConfirmLink,
+        message: &DataMessage,
+    ) -> Result<(), PublishError> {
         match link.publish(message.id, &message.encode()).await {
             Settled::Ack => Ok(()),
             Settled::Nack => Err(PublishError::Nacked),
@@ -203,7 +205,11 @@ impl RabbitPublisher {
     }
 
     /// Waits, at most `within`, for a live link other than `old`.
-    async fn replacement_for(&self, old: &Arc<Link>, within: Duration) -> Option<Arc<Link>> {
+    async fn replacement_for(
+        &self,
+        old: &Arc<ConfirmLink>,
+        within: Duration,
+    ) -> Option<Arc<ConfirmLink>> {
         let deadline = Instant::now() + within;
         loop {
             if let Some(link) = self.current().filter(|link| !Arc::ptr_eq(link, old)) {

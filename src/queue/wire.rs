@@ -72,12 +72,12 @@ pub fn put_publish(out: &mut Vec<u8>, publish: &Publish<'_>, frame_max: usize) {
     }
 }
 
-/// Appends a method frame for `method` on `channel`.
-pub fn put_method(out: &mut Vec<u8>, channel: u16, method: AMQPClass) {
+/// A method frame for `method` on `channel`.
+pub fn method_frame(channel: u16, method: AMQPClass) -> Vec<u8> {
     let frame = AMQPFrame::Method(channel, method);
-    let written = gen_frame(&frame)(WriteContext::from(std::mem::take(out)))
-        .expect("a method frame always fits in a growable buffer");
-    *out = written.write;
+    gen_frame(&frame)(WriteContext::from(Vec::new()))
+        .expect("a method frame always fits in a growable buffer")
+        .write
 }
 
 /// Begins a frame whose size is filled in by `end_frame`; returns where
@@ -257,9 +257,7 @@ mod tests {
 
     #[test]
     fn frames_are_cut_off_a_buffer_one_by_one_once_whole() {
-        let mut out = Vec::new();
-        put_method(
-            &mut out,
+        let mut out = method_frame(
             2,
             AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
                 delivery_tag: 42,
