@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import re
+import resource
 import subprocess
 import sys
 import threading
@@ -42,7 +43,7 @@ API = "127.0.0.1:18400"
 METRICS = "127.0.0.1:19400"
 BARE_AXUM = "127.0.0.1:18200"
 BARE_PUBLISH = "127.0.0.1:18300"
-SECS = int(os.environ.get("BENCH_SECS", "10"))
+SECS = int(os.environ.get("BENCH_SECS", "15"))
 WARMUP = int(os.environ.get("BENCH_WARMUP_SECS", "5"))
 # Runs of svc and its baseline, taken in turns; the median run of each is reported.
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
@@ -95,8 +96,7 @@ class Process:
         self.popen = subprocess.Popen(args, env=ENV, stdout=self.log, stderr=self.log)
 
     def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.popen.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        return process_seconds(self.popen.pid)
 
     def rss_mib(self) -> float:
         status = Path(f"/proc/{self.popen.pid}/status").read_text()
@@ -109,6 +109,58 @@ class Process:
                 self.popen.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.popen.kill()
+
+
+def process_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def pid_of(name: str) -> int | None:
+    """The oldest process of that exact name (the broker's VM, the Redis server)."""
+    done = subprocess.run(["pgrep", "-o", "-x", name], capture_output=True, text=True)
+    return int(done.stdout) if done.returncode == 0 else None
+
+
+class CpuShares:
+    """Where the machine's CPU goes during one run: the server under test, the
+    generator (wrk, the only child process reaped meanwhile), the broker and
+    Redis, and the whole machine's busy and stolen cores, so that each row
+    says what bounds it."""
+
+    OTHERS = {"broker": "beam.smp", "redis": "redis-server"}
+
+    def __init__(self, server: Process):
+        self.server = server
+        self.pids = {role: pid_of(name) for role, name in self.OTHERS.items()}
+        self.started = self.read()
+
+    def read(self) -> dict:
+        seconds = {"server": self.server.cpu_seconds(),
+                   "generator": resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime
+                   + resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime,
+                   "wall": time.monotonic()}
+        for role, pid in self.pids.items():
+            try:
+                seconds[role] = process_seconds(pid) if pid else 0.0
+            except OSError:
+                seconds[role] = 0.0
+        # The machine: user nice system idle iowait irq softirq steal.
+        ticks = [int(t) for t in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        seconds["busy"] = (sum(ticks) - ticks[3] - ticks[4] - ticks[7]) / CLOCK_TICKS
+        seconds["stolen"] = ticks[7] / CLOCK_TICKS
+        return seconds
+
+    def per_1000(self, requests: int) -> dict:
+        """CPU ms per 1,000 requests of each part, and the machine's cores."""
+        now = self.read()
+        spent = {part: now[part] - self.started[part] for part in now}
+        shares = {part: round(spent[part] * 1e6 / max(requests, 1), 1)
+                  for part in ("server", "generator", *self.OTHERS)}
+        wall = max(spent["wall"], 1e-9)
+        shares["machine_busy_cores"] = round(spent["busy"] / wall, 2)
+        shares["stolen_cores"] = round(spent["stolen"] / wall, 2)
+        return shares
 
 
 def wait_http(url: str, within: float = 30) -> None:
@@ -158,13 +210,12 @@ def wrk(label: str, address: str, connections: int, mode: str, server: Process, 
     if warmup:
         subprocess.run([*command, f"-d{warmup}s", target, "--", mode, *extra],
                        check=True, capture_output=True, text=True)
-    cpu_before = server.cpu_seconds()
+    shares = CpuShares(server)
     sampler = PeakRss(server)
     sampler.start()
     output = subprocess.run([*command, f"-d{secs}s", target, "--", mode, *extra],
                             check=True, capture_output=True, text=True).stdout
     peak = sampler.stop()
-    cpu = server.cpu_seconds() - cpu_before
     line = [line for line in output.splitlines() if line.startswith("{")][-1]
     result = json.loads(line)
     seconds = result["duration_us"] / 1e6
@@ -175,11 +226,12 @@ def wrk(label: str, address: str, connections: int, mode: str, server: Process, 
         "rps": round(good / seconds), "p50_ms": result["p50_us"] / 1000,
         "p99_ms": result["p99_us"] / 1000, "max_ms": result["max_us"] / 1000,
         "errors": errors, "errors_by_kind": result["errors"],
-        "cpu_ms_per_1000": round(cpu * 1000 / max(result["requests"], 1) * 1000, 1),
         "peak_rss_mib": peak,
     }
+    row["cpu"] = shares.per_1000(result["requests"])
+    row["cpu_ms_per_1000"] = row["cpu"]["server"]
     log(f"{label:<28} c={connections:<5} {row['rps']:>8} req/s  p99 {row['p99_ms']:8.2f} ms  "
-        f"errors {errors}  server CPU {row['cpu_ms_per_1000']} ms/1000 req  RSS {peak} MiB")
+        f"errors {errors}  RSS {peak} MiB  CPU ms/1000 req {row['cpu']}")
     return row
 
 
@@ -198,7 +250,7 @@ def side_by_side(connections: int, mode: str, baseline: tuple, svc: tuple) -> li
     for label, measured in runs.items():
         median = sorted(measured, key=lambda row: row["rps"])[len(measured) // 2]
         # The p99 is the median of the runs' p99s, not the p99 of the run
-        # with the median rate: a broker stall lands on one 10 s run now and
+        # with the median rate: a broker stall lands on one run now and
         # then, on either server, and would otherwise decide the row.
         p99s = [row["p99_ms"] for row in measured]
         rows.append({**median, "rounds_rps": [row["rps"] for row in measured],
@@ -429,6 +481,7 @@ def markdown(results: dict) -> str:
                 f"| {path} | {connections} | {s['rps']:,}{runs(s)} | {p99(s)} | {b['rps']:,}{runs(b)} "
                 f"({base_name}) | {p99(b)} | {paired_ratio(s, b)} | {s['cpu_ms_per_1000']} ms | "
                 f"{s['peak_rss_mib']} MiB |")
+    lines += cpu_table(http)
     d, w, e = results["drain"], results["system"], results["e2e"]
     lines += [
         "",
@@ -454,6 +507,29 @@ def markdown(results: dict) -> str:
         lines.append(f"| `svc loadtest --users {g['users']}` (SLO, degradation, errors, durability) | "
                      f"verdict **{g['verdict']}**, exit code {g['exit_code']}{failed_gates(g)} |")
     return "\n".join(lines)
+
+
+def cpu_table(http: dict) -> list[str]:
+    """Where the CPU of each row's median runs went, per 1,000 requests: what
+    bounds a path on two shared cores is the sum of every part's share."""
+    if "cpu" not in next(iter(http.values())):
+        return []  # results from before the breakdown was measured
+    lines = [
+        "",
+        "Where the CPU went in those median runs, in ms per 1,000 requests (svc / its baseline), "
+        "and the machine's busy cores out of 2:",
+        "",
+        "| path | connections | server | generator (wrk) | RabbitMQ | Redis | machine busy | stolen by the host |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for path, svc_label, base_label in (("GET /data/{id}, warm", "svc GET", "bare axum GET"),
+                                        ("POST /data, consumer stopped", "svc POST", "bare publish POST")):
+        for connections in (64, 1000):
+            s, b = http[(svc_label, connections)]["cpu"], http[(base_label, connections)]["cpu"]
+            pair = " | ".join(f"{s[part]} / {b[part]}" for part in ("server", "generator", "broker", "redis"))
+            lines.append(f"| {path} | {connections} | {pair} | {s['machine_busy_cores']} / "
+                         f"{b['machine_busy_cores']} | {s['stolen_cores']} / {b['stolen_cores']} |")
+    return lines
 
 
 def slow_seconds(e2e: dict) -> str:
