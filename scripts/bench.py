@@ -116,35 +116,40 @@ def process_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def pid_of(name: str) -> int | None:
-    """The oldest process of that exact name (the broker's VM, the Redis server)."""
-    done = subprocess.run(["pgrep", "-o", "-x", name], capture_output=True, text=True)
-    return int(done.stdout) if done.returncode == 0 else None
+def pids_of(name: str) -> list[int]:
+    """Every process of that exact name (the broker's VM, Redis, Postgres's backends)."""
+    done = subprocess.run(["pgrep", "-x", name], capture_output=True, text=True)
+    return [int(pid) for pid in done.stdout.split()]
 
 
 class CpuShares:
     """Where the machine's CPU goes during one run: the server under test, the
-    generator (wrk, the only child process reaped meanwhile), the broker and
-    Redis, and the whole machine's busy and stolen cores, so that each row
-    says what bounds it."""
+    generator (wrk, the only child process reaped meanwhile), the broker,
+    Redis and, when asked, more parts (the consumer, Postgres), and the whole
+    machine's busy and stolen cores, so that each row says what bounds it."""
 
     OTHERS = {"broker": "beam.smp", "redis": "redis-server"}
 
-    def __init__(self, server: Process):
-        self.server = server
-        self.pids = {role: pid_of(name) for role, name in self.OTHERS.items()}
+    def __init__(self, server: Process, consumer: Process | None = None, postgres: bool = False):
+        self.pids = {"server": [server.popen.pid]}
+        self.pids |= {role: pids_of(name) for role, name in self.OTHERS.items()}
+        if consumer:
+            self.pids["consumer"] = [consumer.popen.pid]
+        if postgres:
+            self.pids["postgres"] = pids_of("postgres")
         self.started = self.read()
 
     def read(self) -> dict:
-        seconds = {"server": self.server.cpu_seconds(),
-                   "generator": resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime
-                   + resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime,
-                   "wall": time.monotonic()}
-        for role, pid in self.pids.items():
-            try:
-                seconds[role] = process_seconds(pid) if pid else 0.0
-            except OSError:
-                seconds[role] = 0.0
+        seconds: dict = {"generator": resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime
+                         + resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime,
+                         "wall": time.monotonic()}
+        for role, pids in self.pids.items():
+            seconds[role] = {}
+            for pid in pids:
+                try:
+                    seconds[role][pid] = process_seconds(pid)
+                except OSError:
+                    pass  # gone (a database connection closed): counted until it went
         # The machine: user nice system idle iowait irq softirq steal.
         ticks = [int(t) for t in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
         seconds["busy"] = (sum(ticks) - ticks[3] - ticks[4] - ticks[7]) / CLOCK_TICKS
@@ -153,10 +158,12 @@ class CpuShares:
 
     def per_1000(self, requests: int) -> dict:
         """CPU ms per 1,000 requests of each part, and the machine's cores."""
-        now = self.read()
-        spent = {part: now[part] - self.started[part] for part in now}
+        now, then = self.read(), self.started
+        spent = {role: sum(now[role].get(pid, then[role][pid]) - then[role][pid] for pid in then[role])
+                 for role in self.pids}
+        spent |= {part: now[part] - then[part] for part in ("generator", "wall", "busy", "stolen")}
         shares = {part: round(spent[part] * 1e6 / max(requests, 1), 1)
-                  for part in ("server", "generator", *self.OTHERS)}
+                  for part in ("server", "generator", *self.pids) if part in spent}
         wall = max(spent["wall"], 1e-9)
         shares["machine_busy_cores"] = round(spent["busy"] / wall, 2)
         shares["stolen_cores"] = round(spent["stolen"] / wall, 2)
@@ -197,7 +204,7 @@ class PeakRss(threading.Thread):
 
 
 def wrk(label: str, address: str, connections: int, mode: str, server: Process, secs: int = SECS,
-        warmup: int = WARMUP) -> dict:
+        warmup: int = WARMUP, consumer: Process | None = None) -> dict:
     """One wrk measurement after a warm-up run, with the server's CPU time and
     peak memory. Writes start from an empty queue: with the consumer stopped,
     millions of messages pile up over the runs, the broker slows down with its
@@ -210,7 +217,7 @@ def wrk(label: str, address: str, connections: int, mode: str, server: Process, 
     if warmup:
         subprocess.run([*command, f"-d{warmup}s", target, "--", mode, *extra],
                        check=True, capture_output=True, text=True)
-    shares = CpuShares(server)
+    shares = CpuShares(server, consumer, postgres=consumer is not None)
     sampler = PeakRss(server)
     sampler.start()
     output = subprocess.run([*command, f"-d{secs}s", target, "--", mode, *extra],
@@ -333,7 +340,7 @@ def whole_system(serve: Process, consumer: Process) -> dict:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    row = wrk("whole system, POST", API, 64, "post", serve, secs=SYSTEM_SECS, warmup=0)
+    row = wrk("whole system, POST", API, 64, "post", serve, secs=SYSTEM_SECS, warmup=0, consumer=consumer)
     ended = time.time()
     accepted = row["requests"] - row["errors_by_kind"]["status"]
     while rows() < before + accepted and time.time() - ended < 120:
@@ -493,7 +500,7 @@ def markdown(results: dict) -> str:
         f"**{w['writes_per_sec']:,} writes/s accepted**, p99 {w['p99_ms']:.1f} ms, {w['errors']} errors; queue depth at most "
         f"{w['max_queue_depth']:,.0f}; drained {w['drained_after_secs']} s after the load stopped; "
         f"{w['rows_persisted']:,} rows for the {w['accepted']:,} 202s wrk counted (it stops counting with up to 64 "
-        "requests in flight, which are accepted and persisted too) |",
+        f"requests in flight, which are accepted and persisted too){system_cpu(w)} |",
         f"| accepted → persisted at {e['rate']:,} writes/s (half the sustained rate, open model) | "
         f"p50 {e['p50_ms']} ms, **p99 {e['p99_ms']} ms**, max {e['max_ms']} ms over {e['rows']:,} writes; "
         f"{slow_seconds(e)}; meanwhile {e['checkpoints']} checkpoints and {e['autovacuums_of_data']} "
@@ -530,6 +537,18 @@ def cpu_table(http: dict) -> list[str]:
             lines.append(f"| {path} | {connections} | {pair} | {s['machine_busy_cores']} / "
                          f"{b['machine_busy_cores']} | {s['stolen_cores']} / {b['stolen_cores']} |")
     return lines
+
+
+def system_cpu(system: dict) -> str:
+    """Each part's CPU per 1,000 writes in the whole system's run."""
+    cpu = system.get("cpu", {})
+    if "consumer" not in cpu:
+        return ""
+    parts = ", ".join(f"{name} {cpu[part]}" for name, part in (
+        ("serve", "server"), ("consume", "consumer"), ("RabbitMQ", "broker"),
+        ("Postgres", "postgres"), ("Redis", "redis"), ("wrk", "generator")))
+    return (f"; CPU per 1,000 writes: {parts} ms, with {cpu['machine_busy_cores']} of the 2 cores busy "
+            f"({cpu['stolen_cores']} stolen)")
 
 
 def slow_seconds(e2e: dict) -> str:

@@ -4,7 +4,7 @@
 # confirmed-publish handler, with wrk, then the whole system (consumer drain
 # rate, sustained writes, accepted-to-persisted latency, memory, CPU per
 # request). Writes the table into docs/PERFORMANCE.md and
-# target/bench/results.json. About 20 minutes.
+# target/bench/results.json. About 12 minutes.
 #
 # Knobs: BENCH_SECS (15), BENCH_ROUNDS (3), BENCH_WARMUP_SECS (5), BENCH_SYSTEM_SECS (60),
 # BENCH_GATE_USERS (5000; 0 skips the gate).
