@@ -74,8 +74,12 @@ pub enum LinkError {
     Timeout(Duration),
     #[error("the broker offers no PLAIN login (it offers {0})")]
     NoPlainLogin(String),
-    #[error("the broker closed the connection: {code} {text}")]
-    Refused { code: u16, text: String },
+    #[error("{}", closed_by_broker(*channel, *code, text))]
+    Refused {
+        channel: u16,
+        code: u16,
+        text: String,
+    },
     #[error("the broker sent {got} where {expected} was due")]
     Unexpected { expected: &'static str, got: String },
     #[error("the broker allows {allowed} channels, {wanted} are configured")]
@@ -394,10 +398,7 @@ impl Shared {
                             connection::CloseOk {},
                         )),
                     );
-                    let reason = format!(
-                        "the broker closed the connection: {} {}",
-                        close.reply_code, close.reply_text
-                    );
+                    let reason = closed_by_broker(0, close.reply_code, close.reply_text.as_str());
                     return Err((reason.into(), close_ok));
                 }
                 connection::AMQPMethod::CloseOk(_) => {
@@ -410,10 +411,7 @@ impl Shared {
                     number,
                     AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
                 );
-                let reason = format!(
-                    "the broker closed channel {number}: {} {}",
-                    close.reply_code, close.reply_text
-                );
+                let reason = closed_by_broker(number, close.reply_code, close.reply_text.as_str());
                 return Err((reason.into(), close_ok));
             }
             Incoming::Method(..) | Incoming::Body | Incoming::Heartbeat => {}
@@ -666,7 +664,7 @@ impl Handshake {
                 let Incoming::Method(number, method) = frame else {
                     continue; // a heartbeat
                 };
-                if let Some(refusal) = refusal(&method) {
+                if let Some(refusal) = refusal(number, &method) {
                     return Err(refusal);
                 }
                 if number != channel {
@@ -686,7 +684,7 @@ impl Handshake {
 }
 
 /// A close from the broker, as the error it explains.
-fn refusal(method: &AMQPClass) -> Option<LinkError> {
+fn refusal(channel: u16, method: &AMQPClass) -> Option<LinkError> {
     let (code, text) = match method {
         AMQPClass::Connection(connection::AMQPMethod::Close(close)) => {
             (close.reply_code, &close.reply_text)
@@ -697,9 +695,18 @@ fn refusal(method: &AMQPClass) -> Option<LinkError> {
         _ => return None,
     };
     Some(LinkError::Refused {
+        channel,
         code,
         text: text.to_string(),
     })
+}
+
+/// Why the broker closed the connection (channel 0) or one channel, in its words.
+fn closed_by_broker(channel: u16, code: u16, text: &str) -> String {
+    match channel {
+        0 => format!("the broker closed the connection: {code} {text}"),
+        channel => format!("the broker closed channel {channel}: {code} {text}"),
+    }
 }
 
 /// The lower of two limits where 0 means none.
@@ -910,7 +917,10 @@ mod tests {
             })),
         ));
         let (reason, close_ok) = closed.unwrap_err();
-        assert!(reason.contains("404 NOT_FOUND"), "{reason}");
+        assert_eq!(
+            &*reason,
+            "the broker closed channel 2: 404 NOT_FOUND - no exchange"
+        );
         link.shared.lose(reason, &close_ok);
         assert!(!link.is_up());
         for (_, publish) in publishes {
@@ -949,6 +959,36 @@ mod tests {
             waiting.into_iter().next().unwrap().1.await.unwrap(),
             Settled::Ack
         );
+    }
+
+    #[test]
+    fn a_refusal_names_what_the_broker_closed() {
+        let connection_close =
+            AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+                reply_code: 403,
+                reply_text: "ACCESS_REFUSED - login refused".into(),
+                class_id: 0,
+                method_id: 0,
+            }));
+        let channel_close = AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
+            reply_code: 406,
+            reply_text: "PRECONDITION_FAILED - confirm.select refused".into(),
+            class_id: 85,
+            method_id: 10,
+        }));
+        assert_eq!(
+            refusal(0, &connection_close).unwrap().to_string(),
+            "the broker closed the connection: 403 ACCESS_REFUSED - login refused"
+        );
+        assert_eq!(
+            refusal(2, &channel_close).unwrap().to_string(),
+            "the broker closed channel 2: 406 PRECONDITION_FAILED - confirm.select refused"
+        );
+        let ack = AMQPClass::Basic(basic::AMQPMethod::Ack(basic::Ack {
+            delivery_tag: 1,
+            multiple: false,
+        }));
+        assert!(refusal(1, &ack).is_none());
     }
 
     #[test]
