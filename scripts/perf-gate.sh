@@ -4,12 +4,14 @@
 # their own, then `svc loadtest` (at least 1,000 users in the load phase).
 # Exits with the load test's code: 0 pass, 1 a gate failed, 2 could not run.
 #
-# Only a latency gate (SLO, degradation) that fails is measured once more
+# Only a latency gate (SLO, degradation) that fails is measured again
 # before CI goes red: on a shared two-core machine, with the generator beside
 # the server, the host alone sometimes lifts a p95 by milliseconds (the
-# phase footnote shows the cores it stole). The second run gives the verdict;
-# a regression fails it again. A failed error-rate or durability gate, or a
-# run that could not start, is never re-run. PERF_CONFIRM=0 turns this off.
+# phase footnote shows the cores it stole). Two failed runs with the host
+# quiet fail the gate, and a regression fails both; a run during which the
+# host took PERF_MAX_STOLEN (0.1) cores or more does not count, up to
+# PERF_MAX_RUNS (4) runs in all. A failed error-rate or durability gate, or
+# a run that could not start, is never re-run. PERF_CONFIRM=0 turns this off.
 #
 # Extra arguments go to `svc loadtest`, e.g. `scripts/perf-gate.sh --users 5000`.
 # To judge another deployment, run `svc loadtest --host URL` directly.
@@ -33,7 +35,7 @@ gates = json.load(open(sys.argv[1]))["gates"]
 print(" ".join(sorted({g["kind"] for g in gates if not g["passed"]})))' "$1"
 }
 
-# Only latency gates failed: worth measuring once more.
+# Only latency gates failed: worth measuring again.
 only_latency() {
     local kind
     [[ -n $1 ]] || return 1
@@ -43,20 +45,45 @@ only_latency() {
 # The gate itself; extra arguments go to `svc loadtest`.
 gate() { $svc loadtest --host "http://$API" "${users[@]}" --report-dir "$REPORT_DIR" "$@"; }
 
-status=0
-gate "$@" || status=$?
-if [[ $status == 1 && ${PERF_CONFIRM:-1} != 0 ]]; then
+# The most cores the host took from this machine in any phase of a run.
+stolen_cores() {
+    python3 -c 'import json, sys
+phases = json.load(open(sys.argv[1]))["phases"]
+print(max(p["machine_cpu"]["cores_stolen"] for p in phases))' "$1"
+}
+
+# Runs that failed only latency gates with the host quiet count towards a
+# verdict: two of them fail the gate. One during which the host took at
+# least PERF_MAX_STOLEN cores measured the host, and is measured again, up
+# to PERF_MAX_RUNS runs in all. The first pass ends it.
+max_stolen=${PERF_MAX_STOLEN:-0.1}
+max_runs=${PERF_MAX_RUNS:-4}
+runs=0 counted=0
+while true; do
+    status=0
+    gate "$@" || status=$?
+    runs=$((runs + 1))
+    [[ $status == 1 && ${PERF_CONFIRM:-1} != 0 ]] || break
     kinds=$(failed_kinds "$REPORT_DIR/summary.json")
-    if only_latency "$kinds"; then
-        first=$REPORT_DIR/first-run
-        mkdir -p "$first"
-        mv "$REPORT_DIR"/summary.json "$REPORT_DIR"/*.html "$first/"
-        echo "perf-gate: only latency gates failed ($kinds); measuring once more, the first run's report is in $first"
-        status=0
-        gate "$@" || status=$?
-    else
+    if ! only_latency "$kinds"; then
         echo "perf-gate: failed gates ($kinds) are not measured again"
+        break
     fi
-fi
+    stolen=$(stolen_cores "$REPORT_DIR/summary.json")
+    if python3 -c "import sys; sys.exit(float(sys.argv[1]) < float(sys.argv[2]))" "$stolen" "$max_stolen"; then
+        why="the host took $stolen cores (at least $max_stolen): not counted"
+    else
+        counted=$((counted + 1))
+        why="the host took $stolen cores: counted ($counted of 2)"
+    fi
+    if ((counted >= 2 || runs >= max_runs)); then
+        echo "perf-gate: only latency gates failed ($kinds); $why; no more runs"
+        break
+    fi
+    earlier=$REPORT_DIR/run-$runs
+    mkdir -p "$earlier"
+    mv "$REPORT_DIR"/summary.json "$REPORT_DIR"/*.html "$earlier/"
+    echo "perf-gate: only latency gates failed ($kinds); $why; measuring again (that run's report is in $earlier)"
+done
 echo "perf-gate: report in $REPORT_DIR (summary.json, report.html); exit code $status"
 exit $status
