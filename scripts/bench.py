@@ -140,9 +140,8 @@ class CpuShares:
         self.started = self.read()
 
     def read(self) -> dict:
-        seconds: dict = {"generator": resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime
-                         + resource.getrusage(resource.RUSAGE_CHILDREN).ru_stime,
-                         "wall": time.monotonic()}
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        seconds: dict = {"generator": children.ru_utime + children.ru_stime, "wall": time.monotonic()}
         for role, pids in self.pids.items():
             seconds[role] = {}
             for pid in pids:
@@ -163,7 +162,7 @@ class CpuShares:
                  for role in self.pids}
         spent |= {part: now[part] - then[part] for part in ("generator", "wall", "busy", "stolen")}
         shares = {part: round(spent[part] * 1e6 / max(requests, 1), 1)
-                  for part in ("server", "generator", *self.pids) if part in spent}
+                  for part in ("generator", *self.pids)}
         wall = max(spent["wall"], 1e-9)
         shares["machine_busy_cores"] = round(spent["busy"] / wall, 2)
         shares["stolen_cores"] = round(spent["stolen"] / wall, 2)

@@ -45,11 +45,14 @@ only_latency() {
 # The gate itself; extra arguments go to `svc loadtest`.
 gate() { $svc loadtest --host "http://$API" "${users[@]}" --report-dir "$REPORT_DIR" "$@"; }
 
-# The most cores the host took from this machine in any phase of a run.
-stolen_cores() {
+# Prints the most cores the host took from this machine in any phase of a
+# run; succeeds when that is at least $2.
+host_took() {
     python3 -c 'import json, sys
 phases = json.load(open(sys.argv[1]))["phases"]
-print(max(p["machine_cpu"]["cores_stolen"] for p in phases))' "$1"
+stolen = max(p["machine_cpu"]["cores_stolen"] for p in phases)
+print(stolen)
+sys.exit(stolen < float(sys.argv[2]))' "$1" "$2"
 }
 
 # Runs that failed only latency gates with the host quiet count towards a
@@ -69,8 +72,7 @@ while true; do
         echo "perf-gate: failed gates ($kinds) are not measured again"
         break
     fi
-    stolen=$(stolen_cores "$REPORT_DIR/summary.json")
-    if python3 -c "import sys; sys.exit(float(sys.argv[1]) < float(sys.argv[2]))" "$stolen" "$max_stolen"; then
+    if stolen=$(host_took "$REPORT_DIR/summary.json" "$max_stolen"); then
         why="the host took $stolen cores (at least $max_stolen): not counted"
     else
         counted=$((counted + 1))
