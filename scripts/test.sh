@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Runs the full test suite: unit tests and the integration tests against the
 # real PostgreSQL, Redis and RabbitMQ (started first if needed), plus the read
-# path through PgBouncer to a streaming replica (scripts/replica.sh).
+# path through PgBouncer to a streaming replica (scripts/replica.sh). A read
+# path this script started is stopped when it ends: left running, the
+# replica's WAL replay and fsyncs would share the cores and the disk with
+# whatever runs next (in CI, the performance gate). One already running is
+# left as it was found.
 #
 # Line coverage is measured with cargo-llvm-cov and must stay at or above
 # SVC_COVERAGE_MIN (80 %); the report goes to target/coverage/. The tools are
@@ -38,11 +42,15 @@ coverage_tools() {
 }
 
 scripts/services.sh
+if ! (exec 3<>"/dev/tcp/127.0.0.1/${SVC_PGBOUNCER_PORT:-6432}") 2>/dev/null; then
+    trap 'scripts/replica.sh stop >/dev/null 2>&1 || log "could not stop the read path"' EXIT
+fi
 scripts/replica.sh >/dev/null
 
 if ! cargo nextest --version >/dev/null 2>&1; then
     log "cargo-nextest not found: plain cargo test, without coverage"
-    exec cargo test --workspace --locked --no-fail-fast "$@"
+    cargo test --workspace --locked --no-fail-fast "$@"
+    exit
 fi
 if [[ $COVERAGE != 0 ]]; then
     if coverage_tools; then
