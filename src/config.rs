@@ -297,6 +297,11 @@ pub struct ServeArgs {
     #[arg(long, env = "SVC_PUBLISH_CHANNELS", default_value = "2", value_parser = parse_positive_u32)]
     pub publish_channels: u32,
 
+    /// Most writes awaiting the broker's confirm at once, over all channels;
+    /// more wait their turn in order, inside the publish timeout.
+    #[arg(long, env = "SVC_PUBLISH_WINDOW", default_value = "512", value_parser = parse_positive_u32)]
+    pub publish_window: u32,
+
     /// Longest wait for the broker's confirm of one write before answering 503.
     #[arg(long, env = "SVC_PUBLISH_TIMEOUT_MS", default_value = "1000", value_parser = parse_positive_u64)]
     pub publish_timeout_ms: u64,

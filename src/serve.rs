@@ -56,6 +56,7 @@ pub fn components(args: &ServeArgs) -> anyhow::Result<AppState> {
         url: args.amqp.amqp_url.clone(),
         topology: Topology::from_args(&args.amqp.topology),
         channels: args.publish_channels,
+        window: args.publish_window,
         confirm_timeout: Duration::from_millis(args.publish_timeout_ms),
     });
     Ok(AppState::new(

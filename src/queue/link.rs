@@ -42,7 +42,7 @@ use tokio::{
         TcpStream,
         tcp::{OwnedReadHalf, OwnedWriteHalf},
     },
-    sync::{Notify, oneshot},
+    sync::{Notify, Semaphore, oneshot},
 };
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -115,6 +115,8 @@ pub struct LinkSettings {
     pub channels: u16,
     pub exchange: String,
     pub routing_key: String,
+    /// Most publishes awaiting their confirm at once, over all channels.
+    pub window: usize,
 }
 
 /// An open publishing connection. Dropping it closes the connection.
@@ -122,6 +124,13 @@ pub struct ConfirmLink {
     shared: Arc<Shared>,
     exchange: String,
     routing_key: String,
+    /// A permit per publish awaiting its confirm. Past the window, publishes
+    /// wait here, first come first served, rather than in the broker: with
+    /// a thousand writes in flight, a broker holding all of them confirms
+    /// them out of step (some twice as late as the rest), while one holding
+    /// a few hundred keeps the same pace and confirms in turn
+    /// (docs/PERFORMANCE.md, "The publish window").
+    window: Semaphore,
 }
 
 struct Shared {
@@ -200,6 +209,7 @@ impl ConfirmLink {
             shared,
             exchange: settings.exchange.clone(),
             routing_key: settings.routing_key.clone(),
+            window: Semaphore::new(settings.window),
         }
     }
 
@@ -211,6 +221,10 @@ impl ConfirmLink {
     /// Publishes `body` as a persistent, mandatory JSON message with message
     /// id `id`, and waits for the broker's verdict.
     pub async fn publish(&self, id: Uuid, body: &[u8]) -> Settled {
+        // Held until the verdict; never closed, so acquiring cannot fail.
+        let Ok(_turn) = self.window.acquire().await else {
+            return Settled::Lost("the link was closed".into());
+        };
         let mut id_text = Uuid::encode_buffer();
         let publish = Publish {
             channel: 0,
@@ -747,6 +761,10 @@ mod tests {
 
     /// A link with no socket: what the reader would receive is fed by hand.
     fn detached(channels: u16) -> ConfirmLink {
+        detached_with_window(channels, Semaphore::MAX_PERMITS)
+    }
+
+    fn detached_with_window(channels: u16, window: usize) -> ConfirmLink {
         ConfirmLink {
             shared: Arc::new(Shared {
                 state: Mutex::new(State {
@@ -762,6 +780,7 @@ mod tests {
             }),
             exchange: "svc.data".into(),
             routing_key: "data.ingest".into(),
+            window: Semaphore::new(window),
         }
     }
 
@@ -797,20 +816,40 @@ mod tests {
             .collect()
     }
 
+    /// How many publishes have been sent, over all channels.
+    fn sent(link: &ConfirmLink) -> u64 {
+        let state = link.shared.state.lock().unwrap();
+        state.channels.iter().map(|c| c.last_tag).sum()
+    }
+
     /// Waits until `count` publishes in all have been sent.
     async fn until_sent(link: &ConfirmLink, count: usize) {
-        while link
-            .shared
-            .state
-            .lock()
-            .unwrap()
-            .channels
-            .iter()
-            .map(|c| c.last_tag)
-            .sum::<u64>()
-            < count as u64
-        {
+        while sent(link) < count as u64 {
             tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn past_the_window_a_publish_waits_for_a_confirm_then_goes_out_in_turn() {
+        let link = Arc::new(detached_with_window(1, 2));
+        let publishes = publish_many(&link, 3);
+        until_sent(&link, 2).await;
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(sent(&link), 2, "the third publish waits for a turn");
+
+        link.shared.receive(ack(1, 1, false)).unwrap();
+        until_sent(&link, 3).await;
+        let newest = link.shared.state.lock().unwrap().channels[0]
+            .unconfirmed
+            .back()
+            .map(|u| u.id);
+        assert_eq!(newest, Some(publishes[2].0), "the one that waited went out");
+
+        link.shared.receive(ack(1, 3, true)).unwrap();
+        for (_, publish) in publishes {
+            assert_eq!(publish.await.unwrap(), Settled::Ack);
         }
     }
 

@@ -30,6 +30,8 @@ pub struct PublisherSettings {
     pub url: SecretUrl,
     pub topology: Topology,
     pub channels: u32,
+    /// Most publishes awaiting a confirm at once; more wait their turn.
+    pub window: u32,
     pub confirm_timeout: Duration,
 }
 
@@ -159,6 +161,7 @@ impl RabbitPublisher {
             channels: u16::try_from(self.settings.channels).unwrap_or(u16::MAX),
             exchange: topology.exchange.clone(),
             routing_key: topology.routing_key().to_owned(),
+            window: self.settings.window as usize,
         };
         ConfirmLink::open(url, &settings).await
     }
