@@ -124,12 +124,13 @@ pub struct ConfirmLink {
     shared: Arc<Shared>,
     exchange: String,
     routing_key: String,
-    /// A permit per publish awaiting its confirm. Past the window, publishes
-    /// wait here, first come first served, rather than in the broker: with
-    /// a thousand writes in flight, a broker holding all of them confirms
-    /// them out of step (some twice as late as the rest), while one holding
-    /// a few hundred keeps the same pace and confirms in turn
-    /// (docs/PERFORMANCE.md, "The publish window").
+    /// A permit per publish whose caller awaits its confirm (one that gave
+    /// up, past the publish timeout, frees its permit). Past the window,
+    /// publishes wait here, first come first served, rather than in the
+    /// broker: with a thousand writes in flight, a broker holding all of
+    /// them confirms them out of step (some twice as late as the rest),
+    /// while one holding a few hundred keeps the same pace and confirms in
+    /// turn (docs/PERFORMANCE.md, "The publish window").
     window: Semaphore,
 }
 
