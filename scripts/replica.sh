@@ -8,6 +8,7 @@
 #
 #   scripts/replica.sh          start (idempotent) and print DATABASE_READ_URL
 #   scripts/replica.sh stop     stop both and remove their directory
+#   scripts/replica.sh status   succeed when both are up (the replica streaming)
 #
 # Reads: DATABASE_READ_URL=postgres://postgres@127.0.0.1:6432/<database>
 set -euo pipefail
@@ -137,6 +138,7 @@ EOF
 
 case ${1:-start} in
 stop) stop ;;
+status) answers "$BOUNCER_PORT" && replica_streams ;;
 start)
     answers "$PRIMARY_PORT" || scripts/services.sh
     ensure_packages
@@ -145,5 +147,5 @@ start)
     start_bouncer
     echo "DATABASE_READ_URL=postgres://postgres@127.0.0.1:$BOUNCER_PORT/${SVC_DATABASE_NAME:-svc}"
     ;;
-*) die "usage: $0 [start|stop]" ;;
+*) die "usage: $0 [start|stop|status]" ;;
 esac

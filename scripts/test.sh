@@ -42,7 +42,7 @@ coverage_tools() {
 }
 
 scripts/services.sh
-if ! (exec 3<>"/dev/tcp/127.0.0.1/${SVC_PGBOUNCER_PORT:-6432}") 2>/dev/null; then
+if ! scripts/replica.sh status; then
     trap 'scripts/replica.sh stop || log "could not stop the read path"' EXIT
 fi
 scripts/replica.sh >/dev/null

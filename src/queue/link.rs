@@ -222,10 +222,12 @@ impl ConfirmLink {
     /// Publishes `body` as a persistent, mandatory JSON message with message
     /// id `id`, and waits for the broker's verdict.
     pub async fn publish(&self, id: Uuid, body: &[u8]) -> Settled {
-        // Held until the verdict; never closed, so acquiring cannot fail.
-        let Ok(_turn) = self.window.acquire().await else {
-            return Settled::Lost("the link was closed".into());
-        };
+        // Held until the verdict.
+        let _turn = self
+            .window
+            .acquire()
+            .await
+            .expect("the window is never closed");
         let mut id_text = Uuid::encode_buffer();
         let publish = Publish {
             channel: 0,
