@@ -122,11 +122,39 @@ def pids_of(name: str) -> list[int]:
     return [int(pid) for pid in done.stdout.split()]
 
 
+def disk_counters() -> dict:
+    """The machine's waits on the disk so far: the time some task stalled on
+    I/O (the kernel's pressure stall information, in µs), and the disks'
+    cache flushes (what each fsync waits for) with the ms they took, over
+    every whole disk. Empty where the kernel does not report them."""
+    counters: dict = {}
+    try:
+        some = Path("/proc/pressure/io").read_text().split("\n", 1)[0]
+        counters["io_stall_us"] = int(some.rsplit("total=", 1)[1])
+    except (OSError, IndexError, ValueError):
+        pass
+    try:
+        disks = {entry.name for entry in Path("/sys/block").iterdir()
+                 if not entry.name.startswith(("loop", "ram", "zram"))}
+        flushes = flush_ms = 0
+        for line in Path("/proc/diskstats").read_text().splitlines():
+            fields = line.split()
+            # Flushes completed and the ms they took: fields 19 and 20 (Linux 5.5+).
+            if len(fields) >= 20 and fields[2] in disks:
+                flushes, flush_ms = flushes + int(fields[18]), flush_ms + int(fields[19])
+        if disks:
+            counters["flushes"], counters["flush_ms"] = flushes, flush_ms
+    except OSError:
+        pass
+    return counters
+
+
 class CpuShares:
     """Where the machine's CPU goes during one run: the server under test, the
     generator (wrk, the only child process reaped meanwhile), the broker,
     Redis and, when asked, more parts (the consumer, Postgres), and the whole
-    machine's busy and stolen cores, so that each row says what bounds it."""
+    machine's busy and stolen cores; and beside them its waits on the disk, so
+    that each row says what bounds it."""
 
     OTHERS = {"broker": "beam.smp", "redis": "redis-server"}
 
@@ -153,6 +181,7 @@ class CpuShares:
         ticks = [int(t) for t in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
         seconds["busy"] = (sum(ticks) - ticks[3] - ticks[4] - ticks[7]) / CLOCK_TICKS
         seconds["stolen"] = ticks[7] / CLOCK_TICKS
+        seconds["disk"] = disk_counters()
         return seconds
 
     def per_1000(self, requests: int) -> dict:
@@ -166,6 +195,13 @@ class CpuShares:
         wall = max(spent["wall"], 1e-9)
         shares["machine_busy_cores"] = round(spent["busy"] / wall, 2)
         shares["stolen_cores"] = round(spent["stolen"] / wall, 2)
+        disk = {part: now["disk"][part] - then["disk"][part] for part in now["disk"]}
+        if "io_stall_us" in disk:
+            # Share of the run in which at least one task waited for I/O.
+            shares["io_stalled_pct"] = round(disk["io_stall_us"] / 1e4 / wall, 1)
+        if disk.get("flushes"):
+            shares["disk_flushes_per_sec"] = round(disk["flushes"] / wall)
+            shares["disk_flush_ms"] = round(disk["flush_ms"] / disk["flushes"], 2)
         return shares
 
 
@@ -523,18 +559,26 @@ def cpu_table(http: dict) -> list[str]:
     lines = [
         "",
         "Where the CPU went in those median runs, in ms per 1,000 requests (svc / its baseline), "
-        "and the machine's busy cores out of 2:",
+        "the machine's busy cores out of 2, and its waits on the disk: the share of the run in which "
+        "some task waited for I/O, and the disk's cache flushes (what an fsync waits for), per second "
+        "and their mean time:",
         "",
-        "| path | connections | server | generator (wrk) | RabbitMQ | Redis | machine busy | stolen by the host |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| path | connections | server | generator (wrk) | RabbitMQ | Redis | machine busy | stolen by the host "
+        "| waiting on I/O | disk flushes |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for path, svc_label, base_label in (("GET /data/{id}, warm", "svc GET", "bare axum GET"),
                                         ("POST /data, consumer stopped", "svc POST", "bare publish POST")):
         for connections in (64, 1000):
             s, b = http[(svc_label, connections)]["cpu"], http[(base_label, connections)]["cpu"]
-            pair = " | ".join(f"{s[part]} / {b[part]}" for part in ("server", "generator", "broker", "redis"))
-            lines.append(f"| {path} | {connections} | {pair} | {s['machine_busy_cores']} / "
-                         f"{b['machine_busy_cores']} | {s['stolen_cores']} / {b['stolen_cores']} |")
+            pair = " | ".join(f"{s[part]} / {b[part]}"
+                              for part in ("server", "generator", "broker", "redis", "machine_busy_cores",
+                                           "stolen_cores"))
+            stalled = " / ".join(f"{run['io_stalled_pct']} %" if "io_stalled_pct" in run else "n/a"
+                                 for run in (s, b))
+            flushes = " / ".join(f"{run['disk_flushes_per_sec']}/s, {run['disk_flush_ms']} ms"
+                                 if "disk_flush_ms" in run else "n/a" for run in (s, b))
+            lines.append(f"| {path} | {connections} | {pair} | {stalled} | {flushes} |")
     return lines
 
 
@@ -546,8 +590,11 @@ def system_cpu(system: dict) -> str:
     parts = ", ".join(f"{name} {cpu[part]}" for name, part in (
         ("serve", "server"), ("consume", "consumer"), ("RabbitMQ", "broker"),
         ("Postgres", "postgres"), ("Redis", "redis"), ("wrk", "generator")))
+    disk = (f"; some task waited for I/O in {cpu['io_stalled_pct']} % of the run, and the disk took "
+            f"{cpu['disk_flushes_per_sec']} flushes/s of {cpu['disk_flush_ms']} ms on average"
+            if "io_stalled_pct" in cpu and "disk_flush_ms" in cpu else "")
     return (f"; CPU per 1,000 writes: {parts} ms, with {cpu['machine_busy_cores']} of the 2 cores busy "
-            f"({cpu['stolen_cores']} stolen)")
+            f"({cpu['stolen_cores']} stolen){disk}")
 
 
 def slow_seconds(e2e: dict) -> str:
