@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The benchmark: the load-test gate at 5,000 users on the fresh stack, then
+# The benchmark: the load-test gate at 5,000 users on a fresh stack
+# (scripts/perf-gate.sh, as CI judges it), then
 # svc side by side with a bare axum handler (no I/O) and a bare
 # confirmed-publish handler, with wrk, then the whole system (consumer drain
 # rate, sustained writes, accepted-to-persisted latency, memory, CPU per
