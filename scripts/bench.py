@@ -200,9 +200,9 @@ class CpuShares:
         if "io_stall_us" in disk:
             # Share of the run in which at least one task waited for I/O.
             shares["io_stalled_pct"] = round(disk["io_stall_us"] / 1e4 / wall, 1)
-        if disk.get("flushes"):
+        if "flushes" in disk:
             shares["disk_flushes_per_sec"] = round(disk["flushes"] / wall)
-            shares["disk_flush_ms"] = round(disk["flush_ms"] / disk["flushes"], 2)
+            shares["disk_flush_ms"] = round(disk["flush_ms"] / max(disk["flushes"], 1), 2)
         return shares
 
 
@@ -442,16 +442,20 @@ def gate(users: int) -> dict:
         [str(ROOT / "scripts" / "perf-gate.sh"), "--users", str(users), "--hatch-rate", "1000",
          "--baseline-secs", "20", "--load-secs", "30"],
         env={**os.environ, "PERF_REPORT_DIR": str(report)}, capture_output=True, text=True)
-    summary = json.loads((report / "summary.json").read_text())
-    # perf-gate.sh's word on each run after which it measured again, or stopped.
-    runs = [line.removeprefix("perf-gate: ") for line in completed.stdout.splitlines()
-            if line.startswith("perf-gate: only latency gates failed")]
-    result = {"users": users, "exit_code": completed.returncode, "verdict": summary.get("verdict"),
-              "gates": summary.get("gates"), "summary": str(report / "summary.json"),
-              "stolen_cores": [round(phase["machine_cpu"]["cores_stolen"], 2) for phase in summary["phases"]],
-              "earlier_runs": runs}
-    log(f"gate at {users} users: exit {completed.returncode}, verdict {result['verdict']}, earlier runs {runs}")
+    # perf-gate.sh keeps the report of each run it measured again in run-N/.
+    earlier = sorted(report.glob("run-*/summary.json"), key=lambda path: int(path.parent.name[4:]))
+    runs = [gate_run(json.loads(path.read_text())) for path in [*earlier, report / "summary.json"]]
+    result = {"users": users, "exit_code": completed.returncode, **runs[-1],
+              "summary": str(report / "summary.json"), "earlier_runs": runs[:-1]}
+    log(f"gate at {users} users: exit {completed.returncode}, runs {runs}")
     return result
+
+
+def gate_run(summary: dict) -> dict:
+    """One run of the gate: its verdict, its gates, and the most cores the host
+    took in any phase."""
+    return {"verdict": summary.get("verdict"), "gates": summary.get("gates"),
+            "stolen_cores": round(max(phase["machine_cpu"]["cores_stolen"] for phase in summary["phases"]), 2)}
 
 
 def versions() -> dict:
@@ -624,12 +628,13 @@ def failed_gates(gate: dict) -> str:
 
 
 def gate_runs(gate: dict) -> str:
-    """The host's share of the judged run, and any run measured again before it."""
+    """The cores the host took during the judged run, and the runs
+    perf-gate.sh measured again before it."""
     if "stolen_cores" not in gate:
         return ""  # results from before the gate ran through perf-gate.sh
-    stolen = " and ".join(str(cores) for cores in gate["stolen_cores"])
-    earlier = "".join(f"; before it: {run}" for run in gate["earlier_runs"])
-    return f"; the host took {stolen} cores (baseline and load){earlier}"
+    earlier = "".join(f"; before it, run {number}: {run['verdict']}{failed_gates(run)}, the host took up to "
+                      f"{run['stolen_cores']} cores" for number, run in enumerate(gate["earlier_runs"], 1))
+    return f"; the host took up to {gate['stolen_cores']} cores{earlier}"
 
 
 def write_doc(table: str) -> None:
