@@ -42,7 +42,7 @@ use tokio::{
         TcpStream,
         tcp::{OwnedReadHalf, OwnedWriteHalf},
     },
-    sync::{Notify, Semaphore, oneshot},
+    sync::{Notify, Semaphore, SemaphorePermit, oneshot},
 };
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -138,6 +138,9 @@ struct Shared {
     state: Mutex<State>,
     /// Wakes the writer: a stored permit, so no wake-up is lost.
     outgoing: Notify,
+    /// Wakes the publishes waiting for a turn in the window when the broker
+    /// blocks publishing, so that they are refused at once too.
+    blocking: Notify,
     /// Cancelled once the link is lost or closed; stops both tasks.
     down: CancellationToken,
     frame_max: usize,
@@ -199,6 +202,7 @@ impl ConfirmLink {
                 lost: None,
             }),
             outgoing: Notify::new(),
+            blocking: Notify::new(),
             down: CancellationToken::new(),
             frame_max: opened.frame_max,
         });
@@ -223,11 +227,13 @@ impl ConfirmLink {
     /// id `id`, and waits for the broker's verdict.
     pub async fn publish(&self, id: Uuid, body: &[u8]) -> Settled {
         // Held until the verdict.
-        let _turn = self
-            .window
-            .acquire()
-            .await
-            .expect("the window is never closed");
+        let _turn = match self.window.try_acquire() {
+            Ok(turn) => turn,
+            Err(_) => match self.wait_for_turn().await {
+                Ok(turn) => turn,
+                Err(refused) => return refused,
+            },
+        };
         let mut id_text = Uuid::encode_buffer();
         let publish = Publish {
             channel: 0,
@@ -264,6 +270,30 @@ impl ConfirmLink {
         settled
             .await
             .unwrap_or_else(|_| Settled::Lost("the link was dropped".into()))
+    }
+
+    /// Waits for a turn in a full window, unless the broker blocks
+    /// publishing meanwhile: then the publish is refused at once, as one
+    /// arriving now would be. (A lost link settles every publish awaiting a
+    /// confirm, which frees their turns; the publish then finds it lost.)
+    async fn wait_for_turn(&self) -> Result<SemaphorePermit<'_>, Settled> {
+        let blocking = self.shared.blocking.notified();
+        tokio::pin!(blocking);
+        // Registered before looking, so a block arriving in between still wakes it.
+        blocking.as_mut().enable();
+        if self
+            .shared
+            .state
+            .lock()
+            .expect("lock is never poisoned")
+            .blocked
+        {
+            return Err(Settled::Blocked);
+        }
+        tokio::select! {
+            turn = self.window.acquire() => Ok(turn.expect("the window is never closed")),
+            () = blocking => Err(Settled::Blocked),
+        }
     }
 
     /// Closes the connection: publishes still awaiting a confirm settle as lost.
@@ -403,6 +433,7 @@ impl Shared {
                 connection::AMQPMethod::Blocked(blocked) => {
                     tracing::warn!(reason = %blocked.reason, "the broker blocks publishing");
                     state.blocked = true;
+                    self.blocking.notify_waiters();
                 }
                 connection::AMQPMethod::Unblocked(_) => {
                     tracing::info!("the broker lets publishing resume");
@@ -778,6 +809,7 @@ mod tests {
                     lost: None,
                 }),
                 outgoing: Notify::new(),
+                blocking: Notify::new(),
                 down: CancellationToken::new(),
                 frame_max: 4096,
             }),
@@ -854,6 +886,45 @@ mod tests {
         for (_, publish) in publishes {
             assert_eq!(publish.await.unwrap(), Settled::Ack);
         }
+    }
+
+    #[tokio::test]
+    async fn a_publish_waiting_for_a_turn_is_refused_at_once_when_the_broker_blocks() {
+        let link = Arc::new(detached_with_window(1, 1));
+        let mut publishes = publish_many(&link, 2);
+        until_sent(&link, 1).await;
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        link.shared
+            .receive(Incoming::Method(
+                0,
+                AMQPClass::Connection(connection::AMQPMethod::Blocked(connection::Blocked {
+                    reason: "low on memory".into(),
+                })),
+            ))
+            .unwrap();
+        // Which of the two went out first is the scheduler's choice.
+        let out = link.shared.state.lock().unwrap().channels[0]
+            .unconfirmed
+            .front()
+            .map(|u| u.id);
+        let sent = publishes.remove(
+            publishes
+                .iter()
+                .position(|(id, _)| Some(*id) == out)
+                .unwrap(),
+        );
+        let waiting = publishes.pop().unwrap();
+        let refused = tokio::time::timeout(Duration::from_secs(5), waiting.1).await;
+        assert_eq!(
+            refused
+                .expect("refused without waiting for a confirm")
+                .unwrap(),
+            Settled::Blocked
+        );
+        link.shared.receive(ack(1, 1, false)).unwrap();
+        assert_eq!(sent.1.await.unwrap(), Settled::Ack);
     }
 
     #[tokio::test]
