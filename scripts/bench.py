@@ -137,14 +137,12 @@ def disk_counters() -> dict:
     try:
         disks = {entry.name for entry in Path("/sys/block").iterdir()
                  if not entry.name.startswith(("loop", "ram", "zram"))}
-        flushes = flush_ms = 0
-        for line in Path("/proc/diskstats").read_text().splitlines():
-            fields = line.split()
-            # Flushes completed and the ms they took: fields 19 and 20 (Linux 5.5+).
-            if len(fields) >= 20 and fields[2] in disks:
-                flushes, flush_ms = flushes + int(fields[18]), flush_ms + int(fields[19])
-        if disks:
-            counters["flushes"], counters["flush_ms"] = flushes, flush_ms
+        # Flushes completed and the ms they took: fields 19 and 20 (Linux 5.5+).
+        rows = [line.split() for line in Path("/proc/diskstats").read_text().splitlines()]
+        rows = [fields for fields in rows if len(fields) >= 20 and fields[2] in disks]
+        if rows:
+            counters["flushes"] = sum(int(fields[18]) for fields in rows)
+            counters["flush_ms"] = sum(int(fields[19]) for fields in rows)
     except OSError:
         pass
     return counters
