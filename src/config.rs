@@ -299,7 +299,7 @@ pub struct ServeArgs {
 
     /// Most writes awaiting the broker's confirm at once, over all channels;
     /// more wait their turn in order, inside the publish timeout.
-    #[arg(long, env = "SVC_PUBLISH_WINDOW", default_value = "512", value_parser = parse_positive_u32)]
+    #[arg(long, env = "SVC_PUBLISH_WINDOW", default_value = "256", value_parser = parse_positive_u32)]
     pub publish_window: u32,
 
     /// Longest wait for the broker's confirm of one write before answering 503.

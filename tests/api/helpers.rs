@@ -646,7 +646,7 @@ pub fn publisher(sandbox: &Sandbox) -> Arc<dyn Publisher> {
         url: svc::config::parse_amqp_url(&amqp_url()).unwrap(),
         topology: sandbox.topology.clone(),
         channels: 1,
-        window: 512,
+        window: 256,
         confirm_timeout: Duration::from_secs(1),
     })
 }
