@@ -450,10 +450,12 @@ def gate(users: int) -> dict:
 
 
 def gate_run(summary: dict) -> dict:
-    """One run of the gate: its verdict, its gates, and the most cores the host
-    took in any phase."""
+    """One run of the gate: its verdict, its gates, the most cores the host
+    took in any phase and the slowest disk sync in any."""
+    phases = summary["phases"]
     return {"verdict": summary.get("verdict"), "gates": summary.get("gates"),
-            "stolen_cores": round(max(phase["machine_cpu"]["cores_stolen"] for phase in summary["phases"]), 2)}
+            "stolen_cores": round(max(phase["machine_cpu"]["cores_stolen"] for phase in phases), 2),
+            "slowest_sync_ms": round(max((phase.get("machine_disk") or {}).get("slowest_ms", 0) for phase in phases))}
 
 
 def versions() -> dict:
@@ -630,9 +632,12 @@ def gate_runs(gate: dict) -> str:
     perf-gate.sh measured again before it."""
     if "stolen_cores" not in gate:
         return ""  # results from before the gate ran through perf-gate.sh
-    earlier = "".join(f"; before it, run {number}: {run['verdict']}{failed_gates(run)}, the host took up to "
-                      f"{run['stolen_cores']} cores" for number, run in enumerate(gate["earlier_runs"], 1))
-    return f"; the host took up to {gate['stolen_cores']} cores{earlier}"
+    def host(run: dict) -> str:
+        sync = f", the slowest disk sync {run['slowest_sync_ms']} ms" if "slowest_sync_ms" in run else ""
+        return f"the host took up to {run['stolen_cores']} cores{sync}"
+    earlier = "".join(f"; before it, run {number}: {run['verdict']}{failed_gates(run)}, {host(run)}"
+                      for number, run in enumerate(gate["earlier_runs"], 1))
+    return f"; {host(gate)}{earlier}"
 
 
 def write_doc(table: str) -> None:

@@ -169,6 +169,7 @@ mod tests {
             excluded_secs: 0.0,
             generator_cpu: CpuUse::default(),
             machine_cpu: None,
+            machine_disk: None,
             endpoints: vec![EndpointSummary {
                 endpoint: Endpoint::GetById,
                 requests: 1000,

@@ -12,6 +12,7 @@
 
 mod args;
 mod checks;
+mod disk;
 mod gates;
 mod measure;
 mod mix;
@@ -146,8 +147,11 @@ async fn try_run(args: &LoadtestArgs) -> anyhow::Result<Outcome> {
             plan.measured.as_secs()
         );
         let cpu = system::CpuMeter::start();
+        let disk = disk::DiskProbe::start(&args.report_dir, plan.ramp_up() + plan.warmup);
         let recorder = run_phase(&plan, ledger.clone()).await?;
-        phases.push(recorder.summarise(plan.name, plan.users, plan.measured, cpu.stop()));
+        let mut phase = recorder.summarise(plan.name, plan.users, plan.measured, cpu.stop());
+        phase.machine_disk = disk.and_then(disk::DiskProbe::stop);
+        phases.push(phase);
     }
 
     eprintln!(

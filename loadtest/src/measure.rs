@@ -16,7 +16,7 @@ use std::{
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::mix::Endpoint;
+use crate::{disk::DiskSyncs, mix::Endpoint};
 
 /// Why a request failed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,6 +187,7 @@ impl PhaseRecorder {
             excluded_secs: self.measure_from.duration_since(self.started).as_secs_f64(),
             generator_cpu: cpu.generator,
             machine_cpu: cpu.machine,
+            machine_disk: None,
             endpoints,
             timeline,
         }
@@ -277,6 +278,8 @@ pub struct PhaseSummary {
     pub generator_cpu: CpuUse,
     /// The whole machine over the phase, where the OS tells (Linux).
     pub machine_cpu: Option<MachineCpu>,
+    /// This machine's disk syncs over the measured window, where they could be probed.
+    pub machine_disk: Option<DiskSyncs>,
     pub endpoints: Vec<EndpointSummary>,
     pub timeline: Vec<TimelinePoint>,
 }

@@ -82,6 +82,13 @@ pub fn table(phases: &[PhaseSummary]) -> String {
                 machine.cores_busy, machine.cores_stolen
             );
         }
+        if let Some(disk) = phase.machine_disk {
+            let _ = write!(
+                out,
+                "; slowest disk sync {:.1} ms ({} of {} over 100 ms)",
+                disk.slowest_ms, disk.stalls, disk.syncs
+            );
+        }
         out.push('\n');
     }
     out

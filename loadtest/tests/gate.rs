@@ -185,6 +185,14 @@ async fn a_fast_correct_server_passes_and_leaves_its_reports() {
         serde_json::from_slice(&std::fs::read(dir.path().join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["verdict"], "pass");
     assert_eq!(summary["phases"].as_array().unwrap().len(), 2);
+    for phase in summary["phases"].as_array().unwrap() {
+        // The disk was probed over the measured window, and its file removed.
+        assert!(
+            phase["machine_disk"]["syncs"].as_u64().unwrap() >= 1,
+            "{phase}"
+        );
+    }
+    assert!(!dir.path().join("disk-probe").exists());
     assert!(summary["durability"]["accepted"].as_u64().unwrap() >= 20);
     let html = std::fs::read_to_string(dir.path().join("report.html")).unwrap();
     assert!(html.contains("<svg"));
