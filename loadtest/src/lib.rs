@@ -147,7 +147,7 @@ async fn try_run(args: &LoadtestArgs) -> anyhow::Result<Outcome> {
             plan.measured.as_secs()
         );
         let cpu = system::CpuMeter::start();
-        let disk = disk::DiskProbe::start(&args.report_dir, plan.ramp_up() + plan.warmup);
+        let disk = disk::DiskProbe::start(&args.report_dir, plan.unmeasured());
         let recorder = run_phase(&plan, ledger.clone()).await?;
         let mut phase = recorder.summarise(plan.name, plan.users, plan.measured, cpu.stop());
         phase.machine_disk = disk.and_then(disk::DiskProbe::stop);

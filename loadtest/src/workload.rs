@@ -80,6 +80,11 @@ impl PhasePlan {
     pub fn ramp_up(&self) -> Duration {
         Duration::from_secs_f64(f64::from(self.users) / f64::from(self.hatch_rate))
     }
+
+    /// The start of the phase left out of its figures: ramp-up, then warm-up.
+    pub fn unmeasured(&self) -> Duration {
+        self.ramp_up() + self.warmup
+    }
 }
 
 /// The fixed arrival schedule of the open model: slot `n` starts at
@@ -229,7 +234,7 @@ pub async fn run_phase(
             }),
         ),
     };
-    let recorder = Arc::new(PhaseRecorder::new(ramp_up + plan.warmup, expected_interval));
+    let recorder = Arc::new(PhaseRecorder::new(plan.unmeasured(), expected_interval));
     let workload = Arc::new(Workload {
         recorder: recorder.clone(),
         ledger,
