@@ -150,7 +150,15 @@ async fn try_run(args: &LoadtestArgs) -> anyhow::Result<Outcome> {
         let disk = disk::DiskProbe::start(&args.report_dir, plan.unmeasured());
         let recorder = run_phase(&plan, ledger.clone()).await?;
         let mut phase = recorder.summarise(plan.name, plan.users, plan.measured, cpu.stop());
-        phase.machine_disk = disk.and_then(disk::DiskProbe::stop);
+        // Stopping joins the probe's thread, which may be inside a sync that
+        // a stalled disk holds for a second: off the runtime's workers.
+        phase.machine_disk = match disk {
+            Some(probe) => tokio::task::spawn_blocking(move || probe.stop())
+                .await
+                .ok()
+                .flatten(),
+            None => None,
+        };
         phases.push(phase);
     }
 
