@@ -18,6 +18,7 @@ Results go to target/bench/results.json and into docs/PERFORMANCE.md between
 the `bench:start` and `bench:end` markers.
 """
 
+import functools
 import json
 import os
 import platform
@@ -85,6 +86,29 @@ def rows() -> int:
 
 def purge(queue: str) -> None:
     sh("rabbitmqctl", "-q", "purge_queue", queue)
+
+
+@functools.cache
+def quorum_log_dir() -> Path | None:
+    """Where the broker keeps its quorum queues' write-ahead log, or None
+    where it cannot be read from here (no broker tools, another machine)."""
+    try:
+        found = sh("rabbitmqctl", "-q", "eval",
+                   "{ok, Dir} = application:get_env(ra, data_dir), filename:join(Dir, atom_to_list(node())).")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    path = Path(found.strip('"'))
+    return path if path.is_dir() else None
+
+
+def quorum_log_file() -> int | None:
+    """The number of the quorum queues' current write-ahead log file. At 512
+    MiB the broker starts the next one and writes the full one out to each
+    queue's segments, and for a couple of seconds every confirm waits: a
+    write run during which this number moved met that pause."""
+    directory = quorum_log_dir()
+    numbers = [int(path.stem) for path in directory.glob("*.wal") if path.stem.isdigit()] if directory else []
+    return max(numbers, default=None)
 
 
 class Process:
@@ -252,6 +276,7 @@ def wrk(label: str, address: str, connections: int, mode: str, server: Process, 
         subprocess.run([*command, f"-d{warmup}s", target, "--", mode, *extra],
                        check=True, capture_output=True, text=True)
     shares = CpuShares(server, consumer, postgres=consumer is not None)
+    log_file = quorum_log_file() if mode == "post" else None
     sampler = PeakRss(server)
     sampler.start()
     output = subprocess.run([*command, f"-d{secs}s", target, "--", mode, *extra],
@@ -269,6 +294,8 @@ def wrk(label: str, address: str, connections: int, mode: str, server: Process, 
         "errors": errors, "errors_by_kind": result["errors"],
         "peak_rss_mib": peak,
     }
+    if log_file is not None and (now := quorum_log_file()) is not None:
+        row["log_rollovers"] = now - log_file
     row["cpu"] = shares.per_1000(result["requests"])
     row["cpu_ms_per_1000"] = row["cpu"]["server"]
     log(f"{label:<28} c={connections:<5} {row['rps']:>8} req/s  p99 {row['p99_ms']:8.2f} ms  "
@@ -296,6 +323,7 @@ def side_by_side(connections: int, mode: str, baseline: tuple, svc: tuple) -> li
         p99s = [row["p99_ms"] for row in measured]
         rows.append({**median, "rounds_rps": [row["rps"] for row in measured],
                      "p99_ms": sorted(p99s)[len(p99s) // 2], "rounds_p99_ms": p99s,
+                     "rounds_log_rollovers": [row.get("log_rollovers") for row in measured],
                      "peak_rss_mib": max(row["peak_rss_mib"] for row in measured)})
         log(f"{label:<28} c={connections:<5} median {median['rps']} req/s of {rows[-1]['rounds_rps']}")
     return rows
@@ -504,9 +532,12 @@ def runs(row: dict) -> str:
 
 
 def p99(row: dict) -> str:
-    """The median of the runs' p99s, with every run's, when there were several."""
+    """The median of the runs' p99s, with every run's, when there were
+    several, each marked when the broker's log rolled over during it."""
     rounds = row.get("rounds_p99_ms", [])
-    every = f" (runs: {', '.join(f'{ms:.1f}' for ms in rounds)})" if len(rounds) > 1 else ""
+    rollovers = row.get("rounds_log_rollovers") or [None] * len(rounds)
+    marked = [f"{ms:.1f}{' (log rolled over)' if rolled else ''}" for ms, rolled in zip(rounds, rollovers)]
+    every = f" (runs: {', '.join(marked)})" if len(rounds) > 1 else ""
     return f"{row['p99_ms']:.1f} ms{every}"
 
 
@@ -520,7 +551,8 @@ def markdown(results: dict) -> str:
         f"RabbitMQ {results['versions']['rabbitmq']}. Command: `scripts/bench.sh` "
         f"(wrk -t2; for each row a {WARMUP} s warm-up thrown away, then {ROUNDS} runs of {SECS} s "
         "taken in turns with the baseline, each write run from an empty queue; the median run's requests/s, "
-        "CPU and memory are shown with every run's requests/s, and the median of the runs' p99s with every run's; "
+        "CPU and memory are shown with every run's requests/s, and the median of the runs' p99s with every run's, "
+        "marked where the broker's quorum-queue log rolled over to a new file during the run; "
         "svc / baseline is the median of the turns' ratios, each listed).",
         "",
         "| path | connections | svc req/s | svc p99 | baseline req/s | baseline p99 | svc / baseline | svc CPU per 1,000 req | svc peak RSS |",
