@@ -7,12 +7,17 @@
 //!   One hash per minute rather than one key per id: the markers of a batch
 //!   of writes go out as one `HSET` and one `EXPIREAT`, where a `SET ... EX`
 //!   per write cost Redis more CPU than the rest of the write
-//!   (docs/PERFORMANCE.md). The hash expires `SVC_PENDING_TTL_SECS` after
-//!   its minute ends, so a marker lives at least that long.
+//!   (docs/PERFORMANCE.md). `SVC_PENDING_TTL_SECS` after its minute ends,
+//!   so a marker lives at least that long, the serve that marked it removes
+//!   the hash with `UNLINK`, which frees it off Redis's main thread: with
+//!   the consumer stopped a minute's hash holds up to a million ids, and
+//!   freeing that on expiry (or `DEL`) blocks every client of Redis for
+//!   hundreds of milliseconds. Its expiry, two minutes later, only catches
+//!   a hash that no serve was left to remove.
 
 use std::{
-    sync::{Arc, OnceLock},
-    time::{Duration, Instant},
+    sync::{Arc, OnceLock, Weak},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use async_trait::async_trait;
@@ -44,6 +49,12 @@ const MARK_LIMITS: Limits = Limits {
 };
 /// The span of accept times whose pending markers share one hash.
 const PENDING_BUCKET_SECS: u64 = 60;
+/// How long after its removal is due a pending hash expires by itself:
+/// time for two sweeps, a minute apart, to try to `UNLINK` it first.
+const PENDING_EXPIRY_GRACE_SECS: u64 = 2 * PENDING_BUCKET_SECS;
+/// How far into each minute the sweep runs, so that the hash whose time
+/// ended on the minute is due by then, whatever the clocks' skew.
+const SWEEP_OFFSET: Duration = Duration::from_secs(2);
 
 #[derive(Clone)]
 pub struct RedisCache {
@@ -92,11 +103,31 @@ impl RedisCache {
                 marks: Arc::default(),
                 ..self.clone()
             };
+            tokio::spawn(sweep_every_minute(
+                writer.clone(),
+                Arc::downgrade(&self.marks),
+            ));
             Batcher::spawn(MARK_LIMITS, move |ids| {
                 let writer = writer.clone();
                 async move { writer.mark_all(&ids).await }
             })
         })
+    }
+
+    /// Removes, with `UNLINK`, the pending hashes whose markers' life ended
+    /// by `now_secs` (Unix): the newest such minute's and the one before,
+    /// in case a sweep failed. Removing one that is gone costs nothing.
+    pub async fn sweep_pending(&self, now_secs: u64) -> Result<(), CacheError> {
+        let Some(newest) = newest_finished_bucket(now_secs, self.pending_ttl_secs) else {
+            return Ok(());
+        };
+        let mut unlink = redis::cmd("UNLINK");
+        unlink.arg(self.bucket_key(newest));
+        if let Some(previous) = newest.checked_sub(PENDING_BUCKET_SECS) {
+            unlink.arg(self.bucket_key(previous));
+        }
+        let mut connection = self.connection.clone();
+        self.bounded(unlink.exec_async(&mut connection)).await
     }
 
     /// One round trip for a whole batch: an `HSET` of every id into its
@@ -113,7 +144,12 @@ impl RedisCache {
             pipe.add_command(hset).ignore();
             pipe.cmd("EXPIREAT")
                 .arg(self.bucket_key(bucket))
-                .arg(bucket + PENDING_BUCKET_SECS + self.pending_ttl_secs)
+                .arg(
+                    bucket
+                        + PENDING_BUCKET_SECS
+                        + self.pending_ttl_secs
+                        + PENDING_EXPIRY_GRACE_SECS,
+                )
                 .ignore();
         }
         let mut connection = self.connection.clone();
@@ -256,6 +292,47 @@ fn pending_bucket(id: Uuid) -> Option<u64> {
     Some(secs - secs % PENDING_BUCKET_SECS)
 }
 
+/// The newest minute whose pending markers' life (`ttl_secs` after the
+/// minute's end) is over at `now_secs`, if any.
+fn newest_finished_bucket(now_secs: u64, ttl_secs: u64) -> Option<u64> {
+    let last_start = now_secs.checked_sub(PENDING_BUCKET_SECS + ttl_secs)?;
+    Some(last_start - last_start % PENDING_BUCKET_SECS)
+}
+
+/// How long from `now` (since the Unix epoch) until the next sweep:
+/// `SWEEP_OFFSET` into the next minute.
+fn until_next_sweep(now: Duration) -> Duration {
+    let minute = Duration::from_secs(PENDING_BUCKET_SECS);
+    let into_minute = Duration::from_nanos((now.as_nanos() % minute.as_nanos()) as u64);
+    if into_minute < SWEEP_OFFSET {
+        SWEEP_OFFSET - into_minute
+    } else {
+        minute - into_minute + SWEEP_OFFSET
+    }
+}
+
+/// Once a minute, removes the pending hashes whose time is over (see
+/// [`RedisCache::sweep_pending`]), for as long as the cache that started
+/// it (`alive`) is in use.
+async fn sweep_every_minute(cache: RedisCache, alive: Weak<OnceLock<Batcher<Uuid>>>) {
+    loop {
+        tokio::time::sleep(until_next_sweep(since_epoch())).await;
+        if alive.strong_count() == 0 {
+            return;
+        }
+        if let Err(err) = cache.sweep_pending(since_epoch().as_secs()).await {
+            // The hash's own expiry, two minutes on, removes it if no sweep can.
+            tracing::warn!(error = %err, "could not remove a finished minute's pending markers");
+        }
+    }
+}
+
+fn since_epoch() -> Duration {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+}
+
 /// `ids` grouped by the minute they were accepted in (ids without one are
 /// left out: they cannot be pending). A batch nearly always falls in one.
 fn by_bucket(ids: &[Uuid]) -> Vec<(u64, Vec<Uuid>)> {
@@ -305,6 +382,29 @@ mod tests {
         );
         let grouped = by_bucket(&[a, b, Uuid::new_v4(), c]);
         assert_eq!(grouped, vec![(start, vec![a, c]), (start + 60, vec![b])]);
+    }
+
+    #[test]
+    fn a_minute_is_swept_once_its_markers_life_is_over() {
+        let ttl = 600;
+        // MINUTE's markers live until MINUTE + 60 + ttl.
+        let end = MINUTE + 60 + ttl;
+        assert_eq!(newest_finished_bucket(end - 1, ttl), Some(MINUTE - 60));
+        assert_eq!(newest_finished_bucket(end, ttl), Some(MINUTE));
+        assert_eq!(newest_finished_bucket(end + 59, ttl), Some(MINUTE));
+        assert_eq!(newest_finished_bucket(end + 60, ttl), Some(MINUTE + 60));
+        assert_eq!(newest_finished_bucket(ttl, ttl), None);
+    }
+
+    #[test]
+    fn the_sweep_runs_just_after_each_minute_begins() {
+        let at = |secs: u64, millis: u64| {
+            until_next_sweep(Duration::from_secs(MINUTE + secs) + Duration::from_millis(millis))
+        };
+        assert_eq!(at(0, 0), SWEEP_OFFSET);
+        assert_eq!(at(1, 500), Duration::from_millis(500));
+        assert_eq!(at(2, 0), Duration::from_secs(60));
+        assert_eq!(at(59, 0), Duration::from_secs(3));
     }
 
     #[test]

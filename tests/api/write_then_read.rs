@@ -181,3 +181,60 @@ async fn shutdown_lets_in_flight_requests_finish_and_refuses_new_ones() {
             .is_err()
     );
 }
+
+/// A minute's pending hash is removed with `UNLINK` once its markers' life
+/// is over (freeing a hash of a million ids on expiry would block Redis for
+/// hundreds of milliseconds), and expires by itself only two minutes later.
+#[tokio::test]
+async fn a_finished_minutes_pending_markers_are_unlinked_before_they_expire() {
+    let app = TestApp::spawn().await;
+    let args = app.sandbox.serve_args(&[]);
+    let ttl = args.redis.pending_ttl_secs;
+    let mut redis = app.sandbox.redis().await;
+
+    let response = app.post_value("a marker's life").await;
+    assert_eq!(response.status(), 202);
+    let id: Uuid = response.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (key, _) = svc::cache::redis::pending_marker(&app.sandbox.cache_prefix, id).unwrap();
+    let expires_in: i64 = redis.ttl(&key).await.unwrap();
+    // Its sweep is due within `ttl + 60` s; without the grace it would expire then.
+    assert!(
+        expires_in > (ttl + 60) as i64,
+        "the hash expires in {expires_in} s: no later than its sweep"
+    );
+
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let minute = |start: u64| format!("{}pending:{start}", app.sandbox.cache_prefix);
+    // The newest minute whose markers' life is over, the one before it, and
+    // the next, whose markers still live.
+    let finished = (now - 60 - ttl) / 60 * 60;
+    for start in [finished - 60, finished, finished + 60] {
+        let () = redis.hset(minute(start), "an id", 1).await.unwrap();
+    }
+
+    let cache = svc::cache::redis::RedisCache::new(&args.redis).unwrap();
+    cache.sweep_pending(now).await.unwrap();
+
+    let exists = |start| {
+        let mut redis = redis.clone();
+        let key = minute(start);
+        async move { redis.exists::<_, bool>(key).await.unwrap() }
+    };
+    assert!(!exists(finished - 60).await);
+    assert!(!exists(finished).await);
+    assert!(
+        exists(finished + 60).await,
+        "a minute whose markers still live is kept"
+    );
+    assert!(
+        redis.exists::<_, bool>(&key).await.unwrap(),
+        "this minute's hash is kept"
+    );
+}
