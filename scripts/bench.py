@@ -111,6 +111,31 @@ def quorum_log_file() -> int | None:
     return max(numbers, default=None)
 
 
+def start_fresh_quorum_log(within: float = 60) -> None:
+    """Rolls the broker's quorum-queue log over and waits until the old one
+    is written out, so that a write run starts on an empty log and no
+    rollover falls within it (15 s of writes fill about a quarter of one).
+    Without this, the rollover that comes every 512 MiB lands on whichever
+    server is running at the time, and the bare publish and svc share the
+    log. What a rollover costs is measured on its own (docs/PERFORMANCE.md)."""
+    before = quorum_log_file()
+    if before is None:
+        return
+    try:
+        sh("rabbitmqctl", "-q", "eval",
+           "#{names := #{wal := Wal}} = ra_system:fetch(quorum_queues), ra_log_wal:force_roll_over(Wal).")
+    except subprocess.CalledProcessError as error:
+        log(f"could not roll the broker's log over ({error.stderr.strip()}); measuring on the current one")
+        return
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        numbers = [int(path.stem) for path in quorum_log_dir().glob("*.wal") if path.stem.isdigit()]
+        if numbers and min(numbers) > before:
+            return
+        time.sleep(0.1)
+    log(f"the broker's old log was still being written out after {within:.0f} s; measuring anyway")
+
+
 class Process:
     """A server of the benchmark, with its CPU time and memory read from /proc,
     and the queue it publishes to, if any."""
@@ -262,14 +287,17 @@ class PeakRss(threading.Thread):
 
 
 def wrk(label: str, address: str, connections: int, mode: str, server: Process, secs: int = SECS,
-        warmup: int = WARMUP, consumer: Process | None = None) -> dict:
+        warmup: int = WARMUP, consumer: Process | None = None, fresh: bool = True) -> dict:
     """One wrk measurement after a warm-up run, with the server's CPU time and
     peak memory. Writes start from an empty queue: with the consumer stopped,
     millions of messages pile up over the runs, the broker slows down with its
-    backlog, and that would land on whichever server happened to run later."""
+    backlog, and that would land on whichever server happened to run later.
+    They also start on a fresh broker log (start_fresh_quorum_log), unless
+    `fresh` is False."""
     extra = [str(OUT / "ids.txt")] if mode == "get" else []
-    if mode == "post" and server.queue:
+    if mode == "post" and server.queue and fresh:
         purge(server.queue)
+        start_fresh_quorum_log()
     command = ["wrk", "-t2", f"-c{connections}", "--timeout", "5s", "-s", str(LUA)]
     target = f"http://{address}/data" if mode == "post" else f"http://{address}"
     if warmup:
@@ -327,6 +355,44 @@ def side_by_side(connections: int, mode: str, baseline: tuple, svc: tuple) -> li
                      "peak_rss_mib": max(row["peak_rss_mib"] for row in measured)})
         log(f"{label:<28} c={connections:<5} median {median['rps']} req/s of {rows[-1]['rounds_rps']}")
     return rows
+
+
+def quorum_log_limit() -> int:
+    """The size at which the broker rolls its quorum-queue log over."""
+    return int(sh("rabbitmqctl", "-q", "eval",
+                  "maps:get(wal_max_size_bytes, ra_system:fetch(quorum_queues))."))
+
+
+def across_rollover(label: str, address: str, server: Process, lead: float = 5) -> dict | None:
+    """One write run at 64 connections during which the broker's log rolls
+    over by itself, about `lead` seconds in: writes fill a fresh log (unmeasured)
+    until it is that far from its limit, then the measured run starts on it.
+    None where the log cannot be read from here."""
+    directory = quorum_log_dir()
+    if directory is None:
+        return None
+    limit = quorum_log_limit()
+    purge(server.queue)
+    start_fresh_quorum_log()
+
+    def written() -> int:
+        return sum(path.stat().st_size for path in directory.glob("*.wal"))
+
+    filler = subprocess.Popen(["wrk", "-t2", "-c64", "-d600s", "-s", str(LUA), f"http://{address}/data", "--", "post"],
+                              stdout=subprocess.DEVNULL)
+    try:
+        started, deadline = time.monotonic(), time.monotonic() + 300
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            elapsed = time.monotonic() - started
+            if elapsed > lead and written() >= limit - written() / elapsed * lead:
+                break
+        else:
+            log(f"{label}: the log did not near its limit within 300 s")
+    finally:
+        filler.terminate()
+        filler.wait()
+    return wrk(f"{label} (across a rollover)", address, 64, "post", server, warmup=0, fresh=False)
 
 
 def metric(text: str, name: str, labels: str = "") -> float | None:
@@ -550,7 +616,9 @@ def markdown(results: dict) -> str:
         f"{results['versions']['postgres']}, {results['versions']['redis'].split(' sha')[0]}, "
         f"RabbitMQ {results['versions']['rabbitmq']}. Command: `scripts/bench.sh` "
         f"(wrk -t2; for each row a {WARMUP} s warm-up thrown away, then {ROUNDS} runs of {SECS} s "
-        "taken in turns with the baseline, each write run from an empty queue; the median run's requests/s, "
+        "taken in turns with the baseline, each write run from an empty queue and on a fresh broker log, "
+        "so that no rollover of the quorum-queue log falls within it (what one costs is measured below); "
+        "the median run's requests/s, "
         "CPU and memory are shown with every run's requests/s, and the median of the runs' p99s with every run's, "
         "marked where the broker's quorum-queue log rolled over to a new file during the run; "
         "svc / baseline is the median of the turns' ratios, each listed).",
@@ -574,6 +642,7 @@ def markdown(results: dict) -> str:
         "",
         "| whole system | figure |",
         "| --- | --- |",
+        *rollover_row(results.get("rollover") or []),
         f"| `svc consume` draining a pre-filled queue of {d['rows']:,} messages | **{d['rows_per_sec']:,} rows/s** "
         f"({d['seconds']} s), peak RSS {d['peak_rss_mib']} MiB, {d['cpu_ms_per_1000_rows']} ms CPU per 1,000 rows |",
         f"| serve + consume + broker + Postgres + Redis, wrk POST for {SYSTEM_SECS} s at 64 connections | "
@@ -595,6 +664,19 @@ def markdown(results: dict) -> str:
                      f"`scripts/perf-gate.sh`) | verdict **{g['verdict']}**, exit code {g['exit_code']}"
                      f"{failed_gates(g)}{gate_runs(g)} |")
     return "\n".join(lines)
+
+
+def rollover_row(rows: list[dict]) -> list[str]:
+    """The write runs during which the broker's log rolled over by itself."""
+    if not rows:
+        return []
+    def figure(row: dict) -> str:
+        rolled = row.get("log_rollovers")
+        note = "" if rolled else " (the log did not roll over in this run)"
+        return (f"{row['label'].removesuffix(' (across a rollover)')}: p99 **{row['p99_ms']:.1f} ms**, "
+                f"max {row['max_ms']:.1f} ms, {row['rps']:,} req/s{note}")
+    return [f"| POST /data at 64 connections, consumer stopped, one {SECS} s run during which the broker's "
+            f"quorum-queue log rolls over by itself, about 5 s in | {'; '.join(figure(row) for row in rows)} |"]
 
 
 def cpu_table(http: dict) -> list[str]:
@@ -712,6 +794,10 @@ def main() -> None:
         for connections in (64, 1000):
             results["http"] += side_by_side(connections, "post", ("bare publish POST", BARE_PUBLISH, bare_publish),
                                             ("svc POST", API, serve))
+        log("writes across a rollover of the broker's log, consumer stopped")
+        rollover = [across_rollover("bare publish POST", BARE_PUBLISH, bare_publish),
+                    across_rollover("svc POST", API, serve)]
+        results["rollover"] = [row for row in rollover if row]
         bare_publish.stop()
 
         log(f"svc's writes fill the queue for {FILL_SECS} s; the consumer drains them")
