@@ -7,13 +7,13 @@
 //!   One hash per minute rather than one key per id: the markers of a batch
 //!   of writes go out as one `HSET` and one `EXPIREAT`, where a `SET ... EX`
 //!   per write cost Redis more CPU than the rest of the write
-//!   (docs/PERFORMANCE.md). `SVC_PENDING_TTL_SECS` after its minute ends,
-//!   so a marker lives at least that long, the serve that marked it removes
-//!   the hash with `UNLINK`, which frees it off Redis's main thread: with
-//!   the consumer stopped a minute's hash holds up to a million ids, and
-//!   freeing that on expiry (or `DEL`) blocks every client of Redis for
-//!   hundreds of milliseconds. Its expiry, two minutes later, only catches
-//!   a hash that no serve was left to remove.
+//!   (docs/PERFORMANCE.md). Every serve that writes markers removes each
+//!   hash with `UNLINK` `SVC_PENDING_TTL_SECS` after its minute ends (so a
+//!   marker lives at least that long). `UNLINK` frees it off Redis's main
+//!   thread: with the consumer stopped a minute's hash holds up to a million
+//!   ids, and freeing that on expiry (or `DEL`) blocks every client of Redis
+//!   for hundreds of milliseconds. The hash's expiry, two minutes later,
+//!   only catches one that no serve was left to remove.
 
 use std::{
     sync::{Arc, OnceLock, Weak},
@@ -53,7 +53,8 @@ const PENDING_BUCKET_SECS: u64 = 60;
 /// time for two sweeps, a minute apart, to try to `UNLINK` it first.
 const PENDING_EXPIRY_GRACE_SECS: u64 = 2 * PENDING_BUCKET_SECS;
 /// How far into each minute the sweep runs, so that the hash whose time
-/// ended on the minute is due by then, whatever the clocks' skew.
+/// ended on the minute is due by then even if the wall clock and the
+/// runtime's timer drift apart a little.
 const SWEEP_OFFSET: Duration = Duration::from_secs(2);
 
 #[derive(Clone)]
