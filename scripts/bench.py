@@ -371,7 +371,11 @@ def across_rollover(label: str, address: str, server: Process, lead: float = 5) 
     directory = quorum_log_dir()
     if directory is None:
         return None
-    limit = quorum_log_limit()
+    try:
+        limit = quorum_log_limit()
+    except (subprocess.CalledProcessError, ValueError) as error:
+        log(f"{label}: cannot read the broker's log limit ({error}); no run across a rollover")
+        return None
     purge(server.queue)
     start_fresh_quorum_log()
 
