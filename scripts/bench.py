@@ -101,14 +101,19 @@ def quorum_log_dir() -> Path | None:
     return path if path.is_dir() else None
 
 
+def quorum_log_numbers() -> list[int]:
+    """The numbers of the broker's write-ahead log files on disk: the current
+    one, and any older one still being written out to the queues' segments."""
+    directory = quorum_log_dir()
+    return [int(path.stem) for path in directory.glob("*.wal") if path.stem.isdigit()] if directory else []
+
+
 def quorum_log_file() -> int | None:
     """The number of the quorum queues' current write-ahead log file. At 512
     MiB the broker starts the next one and writes the full one out to each
-    queue's segments, and for a couple of seconds every confirm waits: a
-    write run during which this number moved met that pause."""
-    directory = quorum_log_dir()
-    numbers = [int(path.stem) for path in directory.glob("*.wal") if path.stem.isdigit()] if directory else []
-    return max(numbers, default=None)
+    queue's segments, slowing its confirms for a few seconds: a write run
+    during which this number moved met a rollover."""
+    return max(quorum_log_numbers(), default=None)
 
 
 def start_fresh_quorum_log(within: float = 60) -> None:
@@ -129,7 +134,7 @@ def start_fresh_quorum_log(within: float = 60) -> None:
         return
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        numbers = [int(path.stem) for path in quorum_log_dir().glob("*.wal") if path.stem.isdigit()]
+        numbers = quorum_log_numbers()
         if numbers and min(numbers) > before:
             return
         time.sleep(0.1)
@@ -388,8 +393,8 @@ def across_rollover(label: str, address: str, server: Process, lead: float = 5) 
         started, deadline = time.monotonic(), time.monotonic() + 300
         while time.monotonic() < deadline:
             time.sleep(0.1)
-            elapsed = time.monotonic() - started
-            if elapsed > lead and written() >= limit - written() / elapsed * lead:
+            elapsed, size = time.monotonic() - started, written()
+            if elapsed > lead and size >= limit - size / elapsed * lead:
                 break
         else:
             log(f"{label}: the log did not near its limit within 300 s")
