@@ -5,7 +5,7 @@
 # confirmed-publish handler, with wrk, then the whole system (consumer drain
 # rate, sustained writes, accepted-to-persisted latency, memory, CPU per
 # request). Writes the table into docs/PERFORMANCE.md and
-# target/bench/results.json. About 12 minutes.
+# target/bench/results.json. About 30 minutes.
 #
 # Knobs: BENCH_SECS (15), BENCH_ROUNDS (3), BENCH_WARMUP_SECS (5), BENCH_SYSTEM_SECS (60),
 # BENCH_GATE_USERS (5000; 0 skips the gate).
@@ -16,4 +16,6 @@ NAME=svc_bench TOOLS=wrk
 source scripts/bench/prepare.sh
 # 1,000 connections for wrk and as many for each server: as many files as allowed.
 ulimit -n "$(ulimit -Hn)"
-exec python3 scripts/bench.py
+# Nothing left behind afterwards: svc's database, keys, queues and exchanges.
+trap forget_named EXIT
+python3 scripts/bench.py

@@ -1,6 +1,7 @@
 # Sourced by perf-gate.sh and api-fuzz.sh: runs a release `svc serve` and
 # `svc consume` against the local services, in a database, queues and keys
-# named $NAME (fresh each time), until the calling script exits.
+# named $NAME (fresh each time), until the calling script exits; then
+# removes them (the report and logs stay in $REPORT_DIR).
 #   NAME, API (host:port), METRICS (host:port), REPORT_DIR must be set.
 
 scripts/services.sh
@@ -15,7 +16,7 @@ SVC_LISTEN=$API $svc serve 2>"$REPORT_DIR/serve.log" &
 serve_pid=$!
 SVC_METRICS_LISTEN=$METRICS $svc consume 2>"$REPORT_DIR/consume.log" &
 consume_pid=$!
-trap 'kill -TERM $serve_pid $consume_pid 2>/dev/null; wait $serve_pid $consume_pid 2>/dev/null || true' EXIT
+trap 'kill -TERM $serve_pid $consume_pid 2>/dev/null; wait $serve_pid $consume_pid 2>/dev/null || true; forget_named' EXIT
 
 for _ in $(seq 100); do
     curl -fsS "http://$API/health/ready" >/dev/null 2>&1 && curl -fsS "http://$METRICS/health/ready" >/dev/null 2>&1 && break

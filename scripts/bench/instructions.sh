@@ -52,10 +52,7 @@ count() {
 bare_queue="$NAME.bare.$$"
 bare=$(count bare_publish 18310 target/release/examples/bare_publish 127.0.0.1:18310 "$AMQP_URL" "$bare_queue" 4)
 mine=$(count svc 18410 "$svc" serve)
-# Nothing left behind: svc's queues, markers and database.
-for queue in "$NAME.data.ingest" "$NAME.data.dead"; do
-    rabbitmqctl -q delete_queue "$queue" >/dev/null 2>&1 || true
-done
+# Nothing left behind: svc's database, markers, queues and exchanges.
 forget_named
 
 python3 - "$bare" "$mine" <<'EOF'
