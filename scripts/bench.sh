@@ -17,5 +17,5 @@ source scripts/bench/prepare.sh
 # 1,000 connections for wrk and as many for each server: as many files as allowed.
 ulimit -n "$(ulimit -Hn)"
 # Nothing left behind afterwards: svc's database, keys, queues and exchanges.
-trap forget_named EXIT
+trap 'forget_named || true' EXIT
 python3 scripts/bench.py

@@ -1,7 +1,8 @@
 # Sourced by stack.sh and bench/prepare.sh: points svc at the local services in a
 # database, queues and keys named $NAME, and empties them (no rows, no queued
 # messages, no cached keys from a previous run), then migrates. The caller
-# runs forget_named again when it is done.
+# runs `forget_named || true` again when it is done (in an EXIT trap, so
+# that a failure there cannot change the caller's exit code).
 #   NAME and svc (the binary) must be set.
 
 export DATABASE_URL=postgres://postgres@127.0.0.1:5432/$NAME
@@ -29,15 +30,17 @@ forget_named() {
         done
     fi
     if command -v rabbitmqctl >/dev/null; then
-        # Side by side: each rabbitmqctl takes a few seconds to start.
-        local queue
+        # Side by side: each rabbitmqctl takes a second or more to start.
+        local queue deleting=()
         for queue in "$NAME.data.ingest" "$NAME.data.dead"; do
             rabbitmqctl -q delete_queue "$queue" >/dev/null 2>&1 &
+            deleting+=($!)
         done
         # rabbitmqctl has no command that deletes an exchange.
         rabbitmqctl -q eval "[rabbit_exchange:delete(rabbit_misc:r(<<\"/\">>, exchange, X), false, <<\"svc\">>)
             || X <- [<<\"$NAME.data\">>, <<\"$NAME.data.dlx\">>]]." >/dev/null 2>&1 &
-        wait
+        deleting+=($!)
+        wait "${deleting[@]}" || true
     fi
 }
 

@@ -16,7 +16,7 @@ SVC_LISTEN=$API $svc serve 2>"$REPORT_DIR/serve.log" &
 serve_pid=$!
 SVC_METRICS_LISTEN=$METRICS $svc consume 2>"$REPORT_DIR/consume.log" &
 consume_pid=$!
-trap 'kill -TERM $serve_pid $consume_pid 2>/dev/null; wait $serve_pid $consume_pid 2>/dev/null || true; forget_named' EXIT
+trap 'kill -TERM $serve_pid $consume_pid 2>/dev/null; wait $serve_pid $consume_pid 2>/dev/null || true; forget_named || true' EXIT
 
 for _ in $(seq 100); do
     curl -fsS "http://$API/health/ready" >/dev/null 2>&1 && curl -fsS "http://$METRICS/health/ready" >/dev/null 2>&1 && break
