@@ -162,7 +162,7 @@ impl RedisCache {
     }
 
     fn bucket_key(&self, bucket: u64) -> String {
-        format!("{}pending:{}", self.prefix, bucket)
+        pending_key(&self.prefix, bucket)
     }
 
     /// Adds to `pipe` the removal of the pending markers of `ids`.
@@ -284,7 +284,13 @@ impl RecordCache for RedisCache {
 /// the field: `None` for an id with no accept time in it (not a UUID v7).
 pub fn pending_marker(prefix: &str, id: Uuid) -> Option<(String, String)> {
     let bucket = pending_bucket(id)?;
-    Some((format!("{prefix}pending:{bucket}"), id.to_string()))
+    Some((pending_key(prefix, bucket), id.to_string()))
+}
+
+/// The key, under `prefix`, of the hash of the pending markers accepted in
+/// the minute starting at `bucket` (Unix seconds).
+pub fn pending_key(prefix: &str, bucket: u64) -> String {
+    format!("{prefix}pending:{bucket}")
 }
 
 /// The start (Unix seconds) of the minute in which `id` was accepted.

@@ -211,7 +211,7 @@ async fn a_finished_minutes_pending_markers_are_unlinked_before_they_expire() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let minute = |start: u64| format!("{}pending:{start}", app.sandbox.cache_prefix);
+    let minute = |start| svc::cache::redis::pending_key(&app.sandbox.cache_prefix, start);
     // The newest minute whose markers' life is over, the one before it, and
     // the next, whose markers still live.
     let finished = (now - 60 - ttl) / 60 * 60;
