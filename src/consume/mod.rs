@@ -4,10 +4,13 @@
 //!
 //! Guarantees: a message is acknowledged only after its row is committed; a
 //! redelivery never makes a duplicate (inserts ignore known ids); a payload
-//! that can never be persisted is rejected to the dead-letter queue at once;
-//! while the database is down the batch in hand is held and retried, and no
-//! more deliveries are taken (prefetch bounds them). On shutdown the batch in
-//! hand is finished, committed and acknowledged before the process exits.
+//! that can never be persisted (malformed, or refused by the database) is
+//! rejected to the dead-letter queue at once while the rest of its batch is
+//! persisted; while the database is down the batch in hand is held and
+//! retried, and no more deliveries are taken (prefetch bounds them); any
+//! other database error goes back to the broker after a few retries, and the
+//! delivery limit ends it. On shutdown the batch in hand is finished,
+//! committed and acknowledged before the process exits.
 
 mod batch;
 mod depth;
@@ -28,8 +31,8 @@ use lapin::{
     Channel, Connection,
     message::Delivery,
     options::{
-        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions,
-        BasicRejectOptions,
+        BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
+        BasicQosOptions, BasicRejectOptions,
     },
     types::FieldTable,
 };
@@ -48,6 +51,8 @@ use crate::{
     },
     telemetry::error_chain,
 };
+
+use persist::Persisted;
 
 pub use health::{ConsumerHealth, serve as serve_health};
 
@@ -233,12 +238,12 @@ impl Consumer {
         }
         ::metrics::histogram!(metrics::CONSUMER_BATCH_SIZE).record(deliveries.len() as f64);
         let mut messages: Vec<DataMessage> = Vec::with_capacity(deliveries.len());
-        let mut last_valid: Option<&Delivery> = None;
+        let mut valid: Vec<&Delivery> = Vec::with_capacity(deliveries.len());
         for delivery in &deliveries {
-            match persist::decode(&delivery.data) {
+            match DataMessage::decode(&delivery.data) {
                 Ok(message) => {
                     messages.push(message);
-                    last_valid = Some(delivery);
+                    valid.push(delivery);
                 }
                 Err(err) => {
                     tracing::warn!(
@@ -247,41 +252,75 @@ impl Consumer {
                         error = %error_chain(&err),
                         "poison message: dead-lettering it"
                     );
-                    delivery
-                        .acker
-                        .reject(BasicRejectOptions { requeue: false })
-                        .await?;
-                    ::metrics::counter!(metrics::CONSUMER_MESSAGES, "outcome" => "dead_lettered")
-                        .increment(1);
+                    dead_letter(delivery, "malformed").await?;
                 }
             }
         }
-        let Some(last_valid) = last_valid else {
+        let Some(&last_valid) = valid.last() else {
             return Ok(());
         };
         let (give_up, _stop_watching_channel) = give_up_on_batch(channel, shutdown);
-        let Some(records) = persist::persist(
+        let (records, refused) = match persist::persist(
             &self.store,
             &messages,
             self.settings.retry_max_backoff,
             &give_up,
         )
         .await
-        else {
-            anyhow::bail!("the batch was given up before it was committed");
+        {
+            Persisted::Committed { records, refused } => (records, refused),
+            Persisted::HandBack => {
+                // One frame returns the whole batch, as one acknowledges it below.
+                last_valid
+                    .acker
+                    .nack(BasicNackOptions {
+                        multiple: true,
+                        requeue: true,
+                    })
+                    .await?;
+                ::metrics::counter!(metrics::CONSUMER_MESSAGES, "outcome" => "returned")
+                    .increment(messages.len() as u64);
+                return Ok(());
+            }
+            Persisted::GivenUp => {
+                anyhow::bail!("the batch was given up before it was committed")
+            }
+        };
+        for &position in &refused {
+            dead_letter(valid[position], "refused_by_store").await?;
+        }
+        let last_stored = valid
+            .iter()
+            .enumerate()
+            .rev()
+            .find(|(position, _)| !refused.contains(position));
+        let Some((_, last_stored)) = last_stored else {
+            return Ok(());
         };
         // Committed: the acknowledgement and the cache write-through go out
         // together, so the next batch is not held back by a Redis round trip.
         // One frame acknowledges the whole batch: every earlier delivery on
         // this channel is either in this batch or was rejected above.
         let (acked, ()) = tokio::join!(
-            last_valid.acker.ack(BasicAckOptions { multiple: true }),
+            last_stored.acker.ack(BasicAckOptions { multiple: true }),
             persist::write_through(&self.cache, &records),
         );
         acked
             .context("cannot acknowledge a committed batch (it will be redelivered, harmlessly)")?;
         Ok(())
     }
+}
+
+/// Rejects `delivery` without requeueing it: the broker moves it to the
+/// dead-letter queue. `reason` labels the count.
+async fn dead_letter(delivery: &Delivery, reason: &'static str) -> Result<(), lapin::Error> {
+    delivery
+        .acker
+        .reject(BasicRejectOptions { requeue: false })
+        .await?;
+    ::metrics::counter!(metrics::CONSUMER_MESSAGES, "outcome" => "dead_lettered", "reason" => reason)
+        .increment(1);
+    Ok(())
 }
 
 /// Cancelled on shutdown, or as soon as `channel` closes: the broker then

@@ -126,13 +126,14 @@ mod tests {
 
     #[test]
     fn malformed_payloads_are_refused() {
-        let bad: [&[u8]; 6] = [
+        let bad: [&[u8]; 7] = [
             b"",
             b"not json",
             b"{}",
             br#"{"id":"nope","value":"v","accepted_at":"2026-01-02T03:04:05Z"}"#,
             br#"{"id":"00000000-0000-0000-0000-000000000000","value":"v"}"#,
             br#"{"id":"00000000-0000-0000-0000-000000000000","value":"","accepted_at":"2026-01-02T03:04:05Z"}"#,
+            br#"{"id":"00000000-0000-0000-0000-000000000000","value":"a\u0000b","accepted_at":"2026-01-02T03:04:05Z"}"#,
         ];
         for payload in bad {
             assert!(DataMessage::decode(payload).is_err(), "{payload:?}");

@@ -33,16 +33,25 @@ pub enum ValueError {
     Empty,
     #[error("`value` is {0} bytes long; the limit is {MAX_VALUE_BYTES} bytes")]
     TooLong(usize),
+    /// Postgres `text` cannot hold U+0000, so such a value could never be
+    /// persisted: refused here rather than accepted and lost.
+    #[error("`value` must not contain the NUL character (U+0000)")]
+    Nul,
 }
 
 /// Checks a submitted value against the contract: non-empty, at most
-/// [`MAX_VALUE_BYTES`] bytes.
+/// [`MAX_VALUE_BYTES`] bytes, and storable (no NUL). Being a `str`, it is
+/// already valid UTF-8, so it has no lone surrogates either: those are the
+/// store's only other refusal of a text value.
 pub fn validate_value(value: &str) -> Result<(), ValueError> {
     if value.is_empty() {
         return Err(ValueError::Empty);
     }
     if value.len() > MAX_VALUE_BYTES {
         return Err(ValueError::TooLong(value.len()));
+    }
+    if value.as_bytes().contains(&0) {
+        return Err(ValueError::Nul);
     }
     Ok(())
 }
@@ -70,6 +79,15 @@ mod tests {
         // "é" is two bytes: 4097 of them are 8194 bytes.
         let value = "é".repeat(4097);
         assert_eq!(validate_value(&value), Err(ValueError::TooLong(8194)));
+    }
+
+    #[test]
+    fn a_nul_anywhere_is_refused() {
+        for value in ["\0", "a\0b", "ab\0", "\0ab"] {
+            assert_eq!(validate_value(value), Err(ValueError::Nul), "{value:?}");
+        }
+        // Other control characters are storable, and accepted.
+        assert_eq!(validate_value("\u{1}\t\n\u{7f}"), Ok(()));
     }
 
     #[test]

@@ -51,8 +51,14 @@ where
 /// Body of `POST /data`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct CreateData {
-    /// 1 to 8,192 bytes of UTF-8.
-    #[schema(min_length = 1, max_length = 8192, example = "hello")]
+    /// 1 to 8,192 bytes of UTF-8, without the NUL character (U+0000), which
+    /// the store cannot hold.
+    #[schema(
+        min_length = 1,
+        max_length = 8192,
+        pattern = r"^[^\u0000]+$",
+        example = "hello"
+    )]
     pub value: String,
 }
 
@@ -132,7 +138,7 @@ fn is_json(headers: &HeaderMap) -> bool {
         (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "An API key is required (when `SVC_API_KEYS` is set) and none valid was given", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "`value` missing, not a string, empty or over 8,192 bytes", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`value` missing, not a string, empty, over 8,192 bytes, or holding a NUL character (U+0000)", body = Problem, content_type = "application/problem+json"),
         (status = 429, description = "Rate limited; retry after `Retry-After` seconds", body = Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u32, description = "Seconds to wait"))),
         (status = 503, description = "Broker unavailable or server at capacity; retry after `Retry-After` seconds", body = Problem, content_type = "application/problem+json",
@@ -390,7 +396,7 @@ async fn list(
                 tracing::warn!(error = %error_chain(&err), "list failed");
                 ApiError::unavailable("the database is unavailable")
             }
-            StoreError::Query(_) => ApiError::internal(&err),
+            StoreError::Refused(_) | StoreError::Query(_) => ApiError::internal(&err),
         })?;
     let next_cursor = if items.len() > limit as usize {
         items.truncate(limit as usize);

@@ -14,7 +14,13 @@ pub enum StoreError {
     /// refused or lost): worth retrying later.
     #[error("database unavailable")]
     Unavailable(#[source] sqlx::Error),
-    /// Anything else the database said.
+    /// The database refused the data itself (a data exception or a broken
+    /// constraint): the same statement with the same data fails every time,
+    /// so retrying it can never help.
+    #[error("the database refused the data")]
+    Refused(#[source] sqlx::Error),
+    /// Anything else the database said: worth a few retries (a deadlock, a
+    /// statement timeout), not an endless wait (a missing table).
     #[error("database error")]
     Query(#[source] sqlx::Error),
 }

@@ -98,12 +98,27 @@ fn classify(err: sqlx::Error) -> StoreError {
         | sqlx::Error::WorkerCrashed => StoreError::Unavailable(err),
         sqlx::Error::Database(ref db)
             // class 08: connection exception; 57P0x: the server is shutting down or starting;
-            // 53: insufficient resources.
-            if db
-                .code()
-                .is_some_and(|c| c.starts_with("08") || c.starts_with("57P0") || c.starts_with("53")) =>
+            // 57014: the statement timed out; 53: insufficient resources; 40: a
+            // serialization failure or deadlock, which the same statement
+            // later does not meet.
+            if db.code().is_some_and(|c| {
+                ["08", "57P0", "57014", "53", "40"]
+                    .iter()
+                    .any(|class| c.starts_with(class))
+            }) =>
         {
             StoreError::Unavailable(err)
+        }
+        // A bound value the driver cannot encode, or class 22 (data exception:
+        // a NUL in text, a value out of range) and 23 (integrity constraint
+        // violation): the statement's data is at fault, not the database.
+        sqlx::Error::Encode(_) => StoreError::Refused(err),
+        sqlx::Error::Database(ref db)
+            if db
+                .code()
+                .is_some_and(|c| c.starts_with("22") || c.starts_with("23")) =>
+        {
+            StoreError::Refused(err)
         }
         other => StoreError::Query(other),
     }

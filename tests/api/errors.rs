@@ -98,6 +98,27 @@ fn text_cases(json: &'static str) -> Vec<(&'static str, &'static str, String, u1
         ),
         ("body an array", json, "[]".into(), 422),
         ("value empty", json, json!({"value": ""}).to_string(), 422),
+        // The store's own limits: Postgres `text` holds no NUL, and UTF-8 no
+        // lone surrogate (which JSON's \u escapes could otherwise spell).
+        ("value a NUL", json, r#"{"value":"\u0000"}"#.into(), 422),
+        (
+            "value holding a NUL",
+            json,
+            r#"{"value":"a\u0000b"}"#.into(),
+            422,
+        ),
+        (
+            "value ending in a NUL",
+            json,
+            r#"{"value":"ab\u0000"}"#.into(),
+            422,
+        ),
+        (
+            "value a lone surrogate",
+            json,
+            r#"{"value":"a\ud800b"}"#.into(),
+            400,
+        ),
         (
             "value too long",
             json,
