@@ -12,6 +12,8 @@ use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
 use clap::{Args, ValueEnum};
 use url::Url;
 
+use crate::tls::TlsSettings;
+
 /// A connection URL whose password is masked whenever it is printed.
 #[derive(Clone, PartialEq, Eq)]
 pub struct SecretUrl(Url);
@@ -34,10 +36,12 @@ impl SecretUrl {
         Ok(Self(url))
     }
 
-    pub fn with_path(&self, path: &str) -> Self {
-        let mut url = self.0.clone();
-        url.set_path(path);
-        Self(url)
+    /// The value of the query parameter `key`, if the URL has it.
+    pub fn query_value(&self, key: &str) -> Option<String> {
+        self.0
+            .query_pairs()
+            .find(|(name, _)| name == key)
+            .map(|(_, value)| value.into_owned())
     }
 
     pub fn path(&self) -> &str {
@@ -82,6 +86,14 @@ pub fn parse_postgres_url(text: &str) -> Result<SecretUrl, String> {
     let url = SecretUrl::parse(text, &["postgres", "postgresql"])?;
     sqlx::postgres::PgConnectOptions::from_str(text)
         .map_err(|e| format!("not a Postgres connection string ({e})"))?;
+    // sqlx reads these files only when it connects: a bad path would be an
+    // endless reconnect loop instead of a clear stop at start.
+    for key in ["sslrootcert", "sslcert", "sslkey"] {
+        if let Some(path) = url.query_value(key) {
+            std::fs::File::open(&path)
+                .map_err(|e| format!("{key} `{path}` cannot be read ({e})"))?;
+        }
+    }
     Ok(url)
 }
 
@@ -170,6 +182,21 @@ pub struct LogArgs {
     /// Log format; by default `pretty` on a terminal and `json` otherwise.
     #[arg(long, env = "SVC_LOG_FORMAT", global = true)]
     pub log_format: Option<LogFormat>,
+}
+
+/// Trust for the connections whose URL asks for TLS.
+#[derive(Debug, Clone, Default, Args)]
+pub struct TlsArgs {
+    /// PEM file of a private CA to trust, besides the system's roots, when a
+    /// Postgres, Redis or RabbitMQ URL asks for TLS.
+    #[arg(long, env = "SVC_TLS_CA_FILE", value_parser = crate::tls::parse_ca_file)]
+    pub tls_ca_file: Option<TlsSettings>,
+}
+
+impl TlsArgs {
+    pub fn settings(&self) -> TlsSettings {
+        self.tls_ca_file.clone().unwrap_or_default()
+    }
 }
 
 /// The primary Postgres database (writes, migrations).
@@ -268,6 +295,9 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub amqp: AmqpArgs,
 
+    #[command(flatten)]
+    pub tls: TlsArgs,
+
     /// Memory for the in-process cache of record bodies in front of Redis, in
     /// MiB (0 turns it off). Records never change, so it is never stale.
     #[arg(long, env = "SVC_LOCAL_CACHE_MB", default_value = "16", value_parser = parse_u64)]
@@ -343,6 +373,9 @@ pub struct ConsumeArgs {
     #[command(flatten)]
     pub amqp: AmqpArgs,
 
+    #[command(flatten)]
+    pub tls: TlsArgs,
+
     /// Most messages written by one multi-row insert.
     #[arg(long, env = "SVC_BATCH_SIZE", default_value = "500", value_parser = parse_positive_u32)]
     pub batch_size: u32,
@@ -388,6 +421,9 @@ pub struct MigrateArgs {
 
     #[command(flatten)]
     pub topology: TopologyArgs,
+
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 #[cfg(test)]

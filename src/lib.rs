@@ -21,3 +21,4 @@ pub mod shutdown;
 pub mod singleflight;
 pub mod storage;
 pub mod telemetry;
+pub mod tls;

@@ -3,18 +3,16 @@
 //! processes at once (sqlx takes an advisory lock; declarations are
 //! idempotent). `--status` lists applied and pending migrations.
 
-use std::{collections::HashMap, str::FromStr, time::Duration};
+use std::{collections::HashMap, time::Duration};
 
 use anyhow::Context;
-use sqlx::{
-    Connection, PgConnection,
-    migrate::{MigrateDatabase, Migrator},
-    postgres::PgConnectOptions,
-};
+use sqlx::{Connection, PgConnection, migrate::Migrator, postgres::PgConnectOptions};
 
 use crate::{
     config::{MigrateArgs, SecretUrl},
-    queue::{Topology, connect},
+    queue::Topology,
+    storage::postgres::connect_options,
+    tls::TlsSettings,
 };
 
 /// Every migration under `migrations/`, embedded at build time.
@@ -24,33 +22,31 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
     if args.status {
-        return print_status(&args.database_url).await;
+        return print_status(&args.database_url, &args.tls.settings()).await;
     }
-    apply(&args.database_url).await?;
+    apply(&args.database_url, &args.tls.settings()).await?;
     let amqp_url = args
         .amqp_url
         .as_ref()
         .context("AMQP_URL is required to declare the topology")?;
-    declare_topology(amqp_url, &Topology::from_args(&args.topology)).await?;
+    declare_topology(
+        amqp_url,
+        &args.tls.settings(),
+        &Topology::from_args(&args.topology),
+    )
+    .await?;
     Ok(())
 }
 
 /// Creates the database if it is missing, then applies pending migrations.
-pub async fn apply(url: &SecretUrl) -> anyhow::Result<()> {
-    let exists = tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        sqlx::Postgres::database_exists(url.expose()),
-    )
-    .await
-    .with_context(|| format!("Postgres at {url} did not answer"))?
-    .with_context(|| format!("cannot reach Postgres at {url}"))?;
-    if !exists {
-        sqlx::Postgres::create_database(url.expose())
-            .await
-            .with_context(|| format!("cannot create the database of {url}"))?;
-        tracing::info!(database = %url, "created the database");
-    }
-    let mut connection = open(url).await?;
+pub async fn apply(url: &SecretUrl, tls: &TlsSettings) -> anyhow::Result<()> {
+    let mut connection = match open(url, tls).await {
+        Err(err) if is_missing_database(&err) => {
+            create_database(url, tls).await?;
+            open(url, tls).await?
+        }
+        opened => opened?,
+    };
     MIGRATOR
         .run(&mut connection)
         .await
@@ -61,11 +57,52 @@ pub async fn apply(url: &SecretUrl) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn declare_topology(url: &SecretUrl, topology: &Topology) -> anyhow::Result<()> {
-    let connection = tokio::time::timeout(CONNECT_TIMEOUT, connect(url.expose(), "migrate"))
+fn is_missing_database(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<sqlx::Error>()
+            .and_then(|err| err.as_database_error())
+            .is_some_and(|db| db.code().as_deref() == Some("3D000"))
+    })
+}
+
+/// Creates the database of `url` from the server's `postgres` database,
+/// over the same connection settings (TLS included).
+async fn create_database(url: &SecretUrl, tls: &TlsSettings) -> anyhow::Result<()> {
+    let options = connect_options(url, tls)?;
+    let name = options
+        .get_database()
+        .context("DATABASE_URL names no database")?
+        .to_owned();
+    let mut admin = connect(&options.database("postgres"), url).await?;
+    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+    match sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {quoted}")))
+        .execute(&mut admin)
         .await
-        .with_context(|| format!("RabbitMQ at {url} did not answer"))?
-        .with_context(|| format!("cannot reach RabbitMQ at {url}"))?;
+    {
+        // Another `svc migrate` created it first.
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P04") => {}
+        created => {
+            created.with_context(|| format!("cannot create the database of {url}"))?;
+            tracing::info!(database = %url, "created the database");
+        }
+    }
+    admin.close().await.ok();
+    Ok(())
+}
+
+pub async fn declare_topology(
+    url: &SecretUrl,
+    tls: &TlsSettings,
+    topology: &Topology,
+) -> anyhow::Result<()> {
+    let connection = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        crate::queue::connect(url.expose(), tls, "migrate"),
+    )
+    .await
+    .with_context(|| format!("RabbitMQ at {url} did not answer"))?
+    .with_context(|| format!("cannot reach RabbitMQ at {url}"))?;
     let channel = connection.create_channel().await?;
     topology
         .declare(&channel)
@@ -82,8 +119,12 @@ pub async fn declare_topology(url: &SecretUrl, topology: &Topology) -> anyhow::R
     Ok(())
 }
 
-async fn open(url: &SecretUrl) -> anyhow::Result<PgConnection> {
-    let options = PgConnectOptions::from_str(url.expose())?.application_name("svc migrate");
+async fn open(url: &SecretUrl, tls: &TlsSettings) -> anyhow::Result<PgConnection> {
+    connect(&connect_options(url, tls)?, url).await
+}
+
+async fn connect(options: &PgConnectOptions, url: &SecretUrl) -> anyhow::Result<PgConnection> {
+    let options = options.clone().application_name("svc migrate");
     tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
         .await
         .with_context(|| format!("Postgres at {url} did not answer"))?
@@ -101,8 +142,8 @@ pub struct MigrationStatus {
     pub checksum_mismatch: bool,
 }
 
-pub async fn status(url: &SecretUrl) -> anyhow::Result<Vec<MigrationStatus>> {
-    let mut connection = open(url).await?;
+pub async fn status(url: &SecretUrl, tls: &TlsSettings) -> anyhow::Result<Vec<MigrationStatus>> {
+    let mut connection = open(url, tls).await?;
     let table_exists: bool =
         sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
             .fetch_one(&mut connection)
@@ -136,8 +177,8 @@ pub async fn status(url: &SecretUrl) -> anyhow::Result<Vec<MigrationStatus>> {
         .collect())
 }
 
-async fn print_status(url: &SecretUrl) -> anyhow::Result<()> {
-    let rows = status(url).await?;
+async fn print_status(url: &SecretUrl, tls: &TlsSettings) -> anyhow::Result<()> {
+    let rows = status(url, tls).await?;
     println!(
         "{:<16} {:<10} {:<22} description",
         "version", "state", "applied on"

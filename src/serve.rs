@@ -44,16 +44,19 @@ pub fn components(args: &ServeArgs) -> anyhow::Result<AppState> {
         max_connections: args.postgres.db_max_connections,
         acquire_timeout: args.postgres.acquire_timeout(),
         application_name: "svc serve",
+        tls: args.tls.settings(),
     })
     .context("cannot configure the database pool")?;
-    let redis: Arc<dyn RecordCache> =
-        Arc::new(RedisCache::new(&args.redis).context("cannot configure the cache")?);
+    let redis: Arc<dyn RecordCache> = Arc::new(
+        RedisCache::new(&args.redis, &args.tls.settings()).context("cannot configure the cache")?,
+    );
     let cache: Arc<dyn RecordCache> = match args.local_cache_mb {
         0 => redis,
         mb => Arc::new(TieredCache::new(redis, mb * 1024 * 1024)),
     };
     let publisher = RabbitPublisher::start(PublisherSettings {
         url: args.amqp.amqp_url.clone(),
+        tls: args.tls.settings(),
         topology: Topology::from_args(&args.amqp.topology),
         channels: args.publish_channels,
         window: args.publish_window,

@@ -30,7 +30,7 @@ use super::{
     batch::{Batcher, Limits},
     breaker::Breaker,
 };
-use crate::{config::RedisArgs, metrics};
+use crate::{config::RedisArgs, metrics, tls::TlsSettings};
 
 /// Failures in a row that open the circuit.
 const BREAKER_THRESHOLD: u32 = 3;
@@ -72,8 +72,17 @@ pub struct RedisCache {
 impl RedisCache {
     /// Creates the cache without connecting: the first command connects, and
     /// the manager reconnects in the background after a failure.
-    pub fn new(args: &RedisArgs) -> Result<Self, CacheError> {
-        let client = redis::Client::open(args.redis_url.expose())?;
+    /// A cache on the Redis of `args`, over TLS for a `rediss://` URL
+    /// (trusting `tls` besides the system's roots).
+    pub fn new(args: &RedisArgs, tls: &TlsSettings) -> Result<Self, CacheError> {
+        crate::tls::install_crypto_provider();
+        let url = args.redis_url.expose();
+        let client = match tls.for_redis() {
+            Some(certificates) if url.starts_with("rediss:") => {
+                redis::Client::build_with_tls(url, certificates)?
+            }
+            _ => redis::Client::open(url)?,
+        };
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(args.timeout().max(Duration::from_millis(250))))
             .set_response_timeout(Some(args.timeout()))

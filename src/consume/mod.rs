@@ -50,6 +50,7 @@ use crate::{
         postgres::{PoolSettings, PostgresStore, connect_lazy},
     },
     telemetry::error_chain,
+    tls::TlsSettings,
 };
 
 use persist::Persisted;
@@ -59,6 +60,7 @@ pub use health::{ConsumerHealth, serve as serve_health};
 #[derive(Debug, Clone)]
 pub struct ConsumerSettings {
     pub amqp_url: SecretUrl,
+    pub tls: TlsSettings,
     pub topology: Topology,
     pub batch_size: usize,
     pub batch_wait: Duration,
@@ -71,6 +73,7 @@ impl ConsumerSettings {
     pub fn from_args(args: &ConsumeArgs) -> Self {
         Self {
             amqp_url: args.amqp.amqp_url.clone(),
+            tls: args.tls.settings(),
             topology: Topology::from_args(&args.amqp.topology),
             batch_size: args.batch_size as usize,
             batch_wait: Duration::from_millis(args.batch_wait_ms),
@@ -146,9 +149,13 @@ impl Consumer {
         backoff: &mut Backoff,
     ) -> anyhow::Result<()> {
         let topology = &self.settings.topology;
-        let connection = connect(self.settings.amqp_url.expose(), "consume")
-            .await
-            .context("cannot connect to the broker")?;
+        let connection = connect(
+            self.settings.amqp_url.expose(),
+            &self.settings.tls,
+            "consume",
+        )
+        .await
+        .context("cannot connect to the broker")?;
         let channel = connection.create_channel().await?;
         topology
             .declare(&channel)
@@ -363,9 +370,11 @@ pub fn build(args: &ConsumeArgs) -> anyhow::Result<Consumer> {
         max_connections: args.postgres.db_max_connections,
         acquire_timeout: args.postgres.acquire_timeout(),
         application_name: "svc consume",
+        tls: args.tls.settings(),
     })
     .context("cannot configure the database pool")?;
-    let cache = RedisCache::new(&args.redis).context("cannot configure the cache")?;
+    let cache =
+        RedisCache::new(&args.redis, &args.tls.settings()).context("cannot configure the cache")?;
     Ok(Consumer::new(
         ConsumerSettings::from_args(args),
         Arc::new(PostgresStore::new(pool)),

@@ -4,14 +4,13 @@
 pub mod link;
 pub mod publisher;
 pub mod topology;
-mod wire;
 
 use async_trait::async_trait;
 
 pub use publisher::RabbitPublisher;
 pub use topology::Topology;
 
-use crate::domain::DataMessage;
+use crate::{domain::DataMessage, tls::TlsSettings};
 
 /// Why a write could not be handed to the broker. Every variant means the
 /// client must not be told 202.
@@ -27,8 +26,8 @@ pub enum PublishError {
     Returned,
     #[error("the broker does not take publishes now (resource alarm)")]
     Blocked,
-    #[error("broker error")]
-    Broker(#[from] link::LinkError),
+    #[error("the broker connection was lost before the confirm: {0}")]
+    Lost(std::sync::Arc<str>),
 }
 
 impl PublishError {
@@ -40,7 +39,7 @@ impl PublishError {
             Self::Nacked => "nack",
             Self::Returned => "returned",
             Self::Blocked => "blocked",
-            Self::Broker(_) => "broker_error",
+            Self::Lost(_) => "lost",
         }
     }
 }
@@ -60,11 +59,22 @@ pub fn connection_name(role: &str) -> String {
     format!("svc {role} (pid {})", std::process::id())
 }
 
-/// Opens a broker connection with a recognisable name in the management UI.
-pub async fn connect(url: &str, role: &str) -> lapin::Result<lapin::Connection> {
-    let properties =
-        lapin::ConnectionProperties::default().with_connection_name(connection_name(role).into());
-    lapin::Connection::connect(url, properties).await
+/// Opens a broker connection with a recognisable name in the management UI,
+/// over TLS when the URL is `amqps://` (trusting `tls` besides the system's
+/// roots).
+pub async fn connect(url: &str, tls: &TlsSettings, role: &str) -> lapin::Result<lapin::Connection> {
+    connect_named(url, tls, connection_name(role)).await
+}
+
+pub(crate) async fn connect_named(
+    url: &str,
+    tls: &TlsSettings,
+    name: String,
+) -> lapin::Result<lapin::Connection> {
+    crate::tls::install_crypto_provider();
+    let properties = lapin::ConnectionProperties::default().with_connection_name(name.into());
+    let runtime = lapin::runtime::default_runtime()?;
+    lapin::Connection::connect_with_config(url, properties, tls.for_lapin(), runtime).await
 }
 
 /// Messages ready in `queue` (neither delivered nor awaiting acknowledgement),

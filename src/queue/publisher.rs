@@ -18,16 +18,18 @@ use std::{
 use async_trait::async_trait;
 
 use super::{
-    PublishError, Publisher, Topology, connect, connection_name,
+    PublishError, Publisher, Topology, connection_name,
     link::{ConfirmLink, LinkError, LinkSettings, Settled},
 };
 use crate::{
     backoff::Backoff, config::SecretUrl, domain::DataMessage, metrics, telemetry::error_chain,
+    tls::TlsSettings,
 };
 
 #[derive(Debug, Clone)]
 pub struct PublisherSettings {
     pub url: SecretUrl,
+    pub tls: TlsSettings,
     pub topology: Topology,
     pub channels: u32,
     /// Most publishes awaiting a confirm at once; more wait their turn.
@@ -59,18 +61,6 @@ impl RabbitPublisher {
         publisher.reconnect();
         publisher.watch();
         publisher
-    }
-
-    /// Connects now and waits for it, for callers that want to fail early.
-    pub async fn wait_connected(&self, within: Duration) -> bool {
-        let deadline = Instant::now() + within;
-        while Instant::now() < deadline {
-            if self.current().is_some() {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        false
     }
 
     fn current(&self) -> Option<Arc<ConfirmLink>> {
@@ -144,26 +134,15 @@ impl RabbitPublisher {
         });
     }
 
-    /// Declares the topology (through lapin, as `migrate` does), then opens
-    /// the publishing link.
+    /// Opens the publishing link, which declares the topology first.
     async fn open_link(&self) -> Result<ConfirmLink, LinkError> {
-        let url = self.settings.url.expose();
-        let topology = &self.settings.topology;
-        let declared = async {
-            let connection = connect(url, "serve, declaring").await?;
-            let channel = connection.create_channel().await?;
-            topology.declare(&channel).await?;
-            connection.close(200, "declared".into()).await
-        };
-        declared.await?;
         let settings = LinkSettings {
             name: connection_name("serve"),
             channels: u16::try_from(self.settings.channels).unwrap_or(u16::MAX),
-            exchange: topology.exchange.clone(),
-            routing_key: topology.routing_key().to_owned(),
+            topology: self.settings.topology.clone(),
             window: self.settings.window as usize,
         };
-        ConfirmLink::open(url, &settings).await
+        ConfirmLink::open(self.settings.url.expose(), &self.settings.tls, &settings).await
     }
 
     async fn publish_on(
@@ -176,7 +155,7 @@ impl RabbitPublisher {
             Settled::Nack => Err(PublishError::Nacked),
             Settled::Returned => Err(PublishError::Returned),
             Settled::Blocked => Err(PublishError::Blocked),
-            Settled::Lost(reason) => Err(PublishError::Broker(LinkError::Lost(reason))),
+            Settled::Lost(reason) => Err(PublishError::Lost(reason)),
         }
     }
 
@@ -191,7 +170,7 @@ impl RabbitPublisher {
             return Err(PublishError::Unavailable);
         };
         let lost = match self.publish_on(&link, message).await {
-            Err(PublishError::Broker(err)) => err,
+            Err(PublishError::Lost(reason)) => reason,
             settled => return settled,
         };
         self.reconnect();
@@ -202,7 +181,7 @@ impl RabbitPublisher {
         );
         ::metrics::counter!(metrics::PUBLISH_RETRIES).increment(1);
         let Some(fresh) = self.replacement_for(&link, RELINK_WAIT).await else {
-            return Err(PublishError::Broker(lost));
+            return Err(PublishError::Lost(lost));
         };
         self.publish_on(&fresh, message).await
     }
@@ -243,7 +222,7 @@ impl Publisher for RabbitPublisher {
             Err(err) => {
                 ::metrics::counter!(metrics::PUBLISH_FAILURES, "reason" => err.reason())
                     .increment(1);
-                if matches!(err, PublishError::Broker(_)) {
+                if matches!(err, PublishError::Lost(_)) {
                     // A channel error closes the channel: start over on a fresh link.
                     self.reconnect();
                 }

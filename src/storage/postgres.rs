@@ -5,7 +5,7 @@ use std::{str::FromStr, time::Duration};
 use async_trait::async_trait;
 use sqlx::{
     PgPool, Postgres,
-    postgres::{PgArguments, PgConnectOptions, PgPoolOptions},
+    postgres::{PgArguments, PgConnectOptions, PgPoolOptions, PgSslMode},
     query::QueryAs,
 };
 use time::OffsetDateTime;
@@ -15,6 +15,7 @@ use super::{RecordStore, StoreError};
 use crate::{
     config::SecretUrl,
     domain::{DataMessage, Record},
+    tls::TlsSettings,
 };
 
 /// Settings of one pool.
@@ -25,12 +26,34 @@ pub struct PoolSettings {
     pub acquire_timeout: Duration,
     /// Name shown in `pg_stat_activity`.
     pub application_name: &'static str,
+    pub tls: TlsSettings,
+}
+
+/// The connection options of `url`, whose `sslmode`, `sslrootcert`,
+/// `sslcert` and `sslkey` mean what they mean to `psql`: under `require`,
+/// libpq verifies the server's certificate as `verify-ca` does when a root
+/// certificate is given, which sqlx alone would not. A private CA of `tls`
+/// is trusted where the URL names no root certificate of its own.
+pub fn connect_options(
+    url: &SecretUrl,
+    tls: &TlsSettings,
+) -> Result<PgConnectOptions, sqlx::Error> {
+    crate::tls::install_crypto_provider();
+    let mut options = PgConnectOptions::from_str(url.expose())?;
+    let names_root_cert = url.query_value("sslrootcert").is_some();
+    if names_root_cert && matches!(options.get_ssl_mode(), PgSslMode::Require) {
+        options = options.ssl_mode(PgSslMode::VerifyCa);
+    }
+    if let (false, Some(pem)) = (names_root_cert, tls.ca_pem()) {
+        options = options.ssl_root_cert_from_pem(pem.as_bytes().to_vec());
+    }
+    Ok(options)
 }
 
 /// A pool that connects lazily: the process starts even while the database
 /// is down, and each query fails fast (the acquire timeout) until it is back.
 pub fn connect_lazy(settings: &PoolSettings) -> Result<PgPool, sqlx::Error> {
-    let options = PgConnectOptions::from_str(settings.url.expose())?
+    let options = connect_options(&settings.url, &settings.tls)?
         .application_name(settings.application_name)
         // Bounded server-side work: no statement outlives the request budget.
         .options([("statement_timeout", "5000")]);
@@ -95,6 +118,9 @@ fn classify(err: sqlx::Error) -> StoreError {
         | sqlx::Error::PoolClosed
         | sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
+        // A connection that broke mid-handshake or mid-reply (a refused
+        // SSLRequest reads as one): a fresh connection is the cure.
+        | sqlx::Error::Protocol(_)
         | sqlx::Error::WorkerCrashed => StoreError::Unavailable(err),
         sqlx::Error::Database(ref db)
             // class 08: connection exception; 57P0x: the server is shutting down or starting;

@@ -108,11 +108,13 @@ impl Sandbox {
             .expect("can create a test database");
         admin_pool.close().await;
         let url = svc::config::parse_postgres_url(&database_url).unwrap();
-        svc::migrate::apply(&url).await.expect("migrations apply");
+        svc::migrate::apply(&url, &Default::default())
+            .await
+            .expect("migrations apply");
 
         let topology = Topology::new(&format!("test.{name}"), 3);
         let amqp = svc::config::parse_amqp_url(&amqp_url()).unwrap();
-        svc::migrate::declare_topology(&amqp, &topology)
+        svc::migrate::declare_topology(&amqp, &Default::default(), &topology)
             .await
             .unwrap_or_else(|err| panic!("RabbitMQ is not reachable at {}: {err:#}", amqp_url()));
 
@@ -560,11 +562,12 @@ pub fn real_parts(sandbox: &Sandbox) -> (Arc<dyn RecordStore>, Arc<dyn RecordCac
         max_connections: 4,
         acquire_timeout: Duration::from_secs(5),
         application_name: "svc test",
+        tls: Default::default(),
     })
     .unwrap();
     (
         Arc::new(PostgresStore::new(pool)),
-        Arc::new(RedisCache::new(&args.redis).unwrap()),
+        Arc::new(RedisCache::new(&args.redis, &Default::default()).unwrap()),
     )
 }
 
@@ -644,6 +647,7 @@ pub async fn app_with_slow_store(extra: &[&str]) -> (TestApp, Arc<CountingStore>
 pub fn publisher(sandbox: &Sandbox) -> Arc<dyn Publisher> {
     RabbitPublisher::start(PublisherSettings {
         url: svc::config::parse_amqp_url(&amqp_url()).unwrap(),
+        tls: Default::default(),
         topology: sandbox.topology.clone(),
         channels: 1,
         window: 256,

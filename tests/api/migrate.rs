@@ -6,11 +6,14 @@ use crate::helpers::Sandbox;
 async fn migrations_are_idempotent_and_safe_to_run_concurrently() {
     let sandbox = Sandbox::new().await; // already migrated once
     let url = svc::config::parse_postgres_url(&sandbox.database_url).unwrap();
-    let runs = (0..4).map(|_| svc::migrate::apply(&url));
+    let tls = svc::tls::TlsSettings::default();
+    let runs = (0..4).map(|_| svc::migrate::apply(&url, &tls));
     for result in futures_util::future::join_all(runs).await {
         result.unwrap();
     }
-    let status = svc::migrate::status(&url).await.unwrap();
+    let status = svc::migrate::status(&url, &Default::default())
+        .await
+        .unwrap();
     assert!(!status.is_empty());
     assert!(
         status
@@ -48,7 +51,9 @@ async fn status_of_a_fresh_database_lists_every_migration_as_pending() {
     let mut url = url::Url::parse(&sandbox.database_url).unwrap();
     url.set_path(&fresh);
     let url = svc::config::parse_postgres_url(url.as_str()).unwrap();
-    let status = svc::migrate::status(&url).await.unwrap();
+    let status = svc::migrate::status(&url, &Default::default())
+        .await
+        .unwrap();
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "DROP DATABASE \"{fresh}\" WITH (FORCE)"
     )))
@@ -63,7 +68,7 @@ async fn status_of_a_fresh_database_lists_every_migration_as_pending() {
 async fn the_topology_is_declared_idempotently_with_a_quorum_queue() {
     let sandbox = Sandbox::new().await; // declared once already
     let url = svc::config::parse_amqp_url(&crate::helpers::amqp_url()).unwrap();
-    svc::migrate::declare_topology(&url, &sandbox.topology)
+    svc::migrate::declare_topology(&url, &Default::default(), &sandbox.topology)
         .await
         .unwrap();
     // Redeclaring as a classic queue fails: the existing one is a quorum queue.
