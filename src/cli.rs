@@ -181,6 +181,44 @@ mod tests {
     }
 
     #[test]
+    fn unusable_tls_settings_name_their_variable() {
+        let migrate = |extra: &[&str], database: &str| {
+            let mut args = vec!["svc", "migrate", "--amqp-url", "amqps://localhost"];
+            args.extend(["--database-url", database]);
+            args.extend(extra);
+            invalid(&args)
+        };
+        let unknown_mode = migrate(&[], "postgres://localhost/db?sslmode=sometimes");
+        assert!(
+            unknown_mode.starts_with("svc: invalid setting DATABASE_URL"),
+            "{unknown_mode}"
+        );
+        assert!(unknown_mode.contains("sometimes"), "{unknown_mode}");
+        for key in ["sslrootcert", "sslcert", "sslkey"] {
+            let line = migrate(
+                &[],
+                &format!("postgres://localhost/db?sslmode=verify-full&{key}=/nonexistent/x.pem"),
+            );
+            assert!(
+                line.starts_with("svc: invalid setting DATABASE_URL"),
+                "{line}"
+            );
+            assert!(line.contains(key), "{line}");
+        }
+        let bad_ca = migrate(
+            &["--tls-ca-file", "/nonexistent/ca.pem"],
+            "postgres://localhost/db",
+        );
+        assert!(
+            bad_ca.starts_with("svc: invalid setting SVC_TLS_CA_FILE (--tls-ca-file)"),
+            "{bad_ca}"
+        );
+        for line in [unknown_mode, bad_ca] {
+            assert!(!line.contains('\n'), "{line}");
+        }
+    }
+
+    #[test]
     fn migrate_status_needs_no_broker() {
         let cli = parse([
             "svc",

@@ -21,8 +21,6 @@ use crate::{
     storage::RecordStore,
 };
 
-const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
-
 #[derive(Clone)]
 pub struct ConsumerHealth {
     store: Arc<dyn RecordStore>,
@@ -59,14 +57,11 @@ impl ConsumerHealth {
 /// Ready while consuming from the broker with the database reachable; Redis
 /// down is `degraded` (write-through skipped, reads fall back to Postgres).
 async fn ready(State(health): State<ConsumerHealth>) -> (StatusCode, Json<crate::http::Ready>) {
-    use crate::http::{Checks, check, verdict};
-    let (postgres, redis) = tokio::join!(
-        tokio::time::timeout(CHECK_TIMEOUT, health.store.ping()),
-        tokio::time::timeout(CHECK_TIMEOUT, health.cache.ping()),
-    );
+    use crate::http::{Checks, check, probe_storage, verdict};
+    let (postgres, redis) = probe_storage(health.store.as_ref(), health.cache.as_ref()).await;
     verdict(Checks {
-        postgres: check(matches!(postgres, Ok(Ok(())))),
-        redis: check(matches!(redis, Ok(Ok(())))),
+        postgres,
+        redis,
         rabbitmq: check(health.consuming.load(Ordering::Acquire)),
     })
 }

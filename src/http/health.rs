@@ -6,6 +6,7 @@ use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
 use serde::Serialize;
 
 use super::AppState;
+use crate::{cache::RecordCache, storage::RecordStore, telemetry::error_chain};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -60,16 +61,45 @@ async fn live() -> Json<Live> {
         (status = 503, description = "Cannot serve: Postgres or RabbitMQ is down", body = Ready),
     ))]
 async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Ready>) {
-    let (postgres, redis) = tokio::join!(
-        tokio::time::timeout(CHECK_TIMEOUT, state.store.ping()),
-        tokio::time::timeout(CHECK_TIMEOUT, state.cache.ping()),
-    );
+    let (postgres, redis) = probe_storage(state.store.as_ref(), state.cache.as_ref()).await;
     let checks = Checks {
-        postgres: check(matches!(postgres, Ok(Ok(())))),
-        redis: check(matches!(redis, Ok(Ok(())))),
+        postgres,
+        redis,
         rabbitmq: check(state.publisher.is_connected()),
     };
     verdict(checks)
+}
+
+/// Pings Postgres and Redis at once, each within the check timeout. A
+/// failed check is logged with the service and the reason (a certificate
+/// that does not verify, say), so a red probe explains itself.
+pub async fn probe_storage(store: &dyn RecordStore, cache: &dyn RecordCache) -> (Check, Check) {
+    let (postgres, redis) = tokio::join!(
+        tokio::time::timeout(CHECK_TIMEOUT, store.ping()),
+        tokio::time::timeout(CHECK_TIMEOUT, cache.ping()),
+    );
+    (probed("postgres", postgres), probed("redis", redis))
+}
+
+fn probed<E: std::error::Error + 'static>(
+    service: &'static str,
+    outcome: Result<Result<(), E>, tokio::time::error::Elapsed>,
+) -> Check {
+    match outcome {
+        Ok(Ok(())) => Check::Ok,
+        Ok(Err(err)) => {
+            tracing::warn!(service, error = %error_chain(&err), "readiness check failed");
+            Check::Down
+        }
+        Err(_) => {
+            tracing::warn!(
+                service,
+                timeout_ms = CHECK_TIMEOUT.as_millis() as u64,
+                "readiness check timed out"
+            );
+            Check::Down
+        }
+    }
 }
 
 pub fn check(up: bool) -> Check {

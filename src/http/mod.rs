@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 pub use error::{ApiError, PROBLEM_JSON, Problem};
 pub use front::Front;
-pub use health::{Check, Checks, Ready, check, verdict};
+pub use health::{Check, Checks, Ready, check, probe_storage, verdict};
 
 use crate::{
     cache::RecordCache, queue::Publisher, singleflight::SingleFlight, storage::RecordStore,

@@ -12,6 +12,7 @@ use crate::{
         RunningConsumer, Sandbox, TestApp, admin_database_url, amqp_url, assert_problem,
         eventually, host_port,
     },
+    private_servers::{Listener, PrivateRabbit},
     proxy::FaultProxy,
 };
 
@@ -251,4 +252,54 @@ async fn a_message_redelivered_past_the_delivery_limit_is_dead_lettered_logged_a
         .await
         .unwrap();
     assert_eq!(DataMessage::decode(&payload).unwrap().id, message.id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_the_broker_blocks_publishing_writes_are_503_at_once_then_accepted_again() {
+    let rabbit = tokio::task::spawn_blocking(|| PrivateRabbit::start(Listener::Plain))
+        .await
+        .unwrap();
+    let sandbox = Sandbox::new().await;
+    let url = rabbit.url("amqp", "127.0.0.1");
+    // Publish and request timeouts far above "at once", so that a refusal
+    // cannot be either timeout.
+    let args = sandbox.serve_args(&[
+        "--amqp-url",
+        &url,
+        "--publish-timeout-ms",
+        "5000",
+        "--request-timeout-ms",
+        "8000",
+    ]);
+    let app = TestApp::start(sandbox, &args, svc::serve::components(&args).unwrap());
+    app.wait_until_ready().await;
+    assert_eq!(app.post_value("before the alarm").await.status(), 202);
+
+    // A memory alarm: the broker blocks every publishing connection.
+    let set_watermark = |value: &'static str| {
+        let rabbit = &rabbit;
+        move || rabbit.ctl(&["set_vm_memory_high_watermark", value])
+    };
+    tokio::task::block_in_place(set_watermark("0"));
+    // The first publish after the alarm may be the one that gets the
+    // connection blocked (the broker then holds it): give it its time.
+    let _ = app.post_value("as the alarm starts").await;
+    for _ in 0..3 {
+        let started = Instant::now();
+        let response = app.post_value("while blocked").await;
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "refused at once, not after the publish timeout"
+        );
+        assert_eq!(response.headers()["retry-after"], "1");
+        assert_problem(response, 503).await;
+    }
+
+    tokio::task::block_in_place(set_watermark("0.4"));
+    eventually(
+        "writes are accepted again once the alarm clears",
+        Duration::from_secs(30),
+        || async { app.post_value("after the alarm").await.status() == 202 },
+    )
+    .await;
 }
