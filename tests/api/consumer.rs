@@ -30,13 +30,7 @@ async fn the_same_message_delivered_twice_makes_one_row() {
         rows,
         vec![(message.id, "once".into()), (other.id, "other".into())]
     );
-    assert_eq!(sandbox.ready_messages(&sandbox.topology.queue).await, 0);
-    assert_eq!(
-        sandbox
-            .ready_messages(&sandbox.topology.dead_letter_queue)
-            .await,
-        0
-    );
+    sandbox.assert_queues_empty().await;
 }
 
 #[tokio::test]
@@ -207,13 +201,7 @@ async fn messages_the_database_refuses_are_dead_lettered_at_once_and_the_rest_of
         .map(|m| m.id)
         .collect();
     assert_eq!(stored_ids(&sandbox).await, expected);
-    assert_eq!(sandbox.ready_messages(&sandbox.topology.queue).await, 0);
-    assert_eq!(
-        sandbox
-            .ready_messages(&sandbox.topology.dead_letter_queue)
-            .await,
-        0
-    );
+    sandbox.assert_queues_empty().await;
 }
 
 #[tokio::test]

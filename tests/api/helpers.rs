@@ -271,6 +271,17 @@ impl Sandbox {
         svc::queue::ready_messages(&channel, queue).await.unwrap()
     }
 
+    /// Asserts that neither the ingest nor the dead-letter queue holds a message.
+    pub async fn assert_queues_empty(&self) {
+        assert_eq!(
+            self.ready_messages(&self.topology.queue).await,
+            0,
+            "ingest queue"
+        );
+        let dead = self.ready_messages(&self.topology.dead_letter_queue).await;
+        assert_eq!(dead, 0, "dead-letter queue");
+    }
+
     /// Takes one message off the dead-letter queue, waiting up to `within`.
     pub async fn take_dead_letter(&self, within: Duration) -> Option<Vec<u8>> {
         let (_connection, channel) = self.amqp_channel().await;

@@ -146,6 +146,19 @@ impl Api {
         )
     }
 
+    /// Given time to try, readiness names every service down, and no write
+    /// is accepted.
+    async fn assert_every_service_down(&self) {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let (status, ready) = self.get("/health/ready").await;
+        assert_eq!(status, 503, "{ready}");
+        assert_eq!(
+            ready["checks"],
+            serde_json::json!({"postgres": "down", "redis": "down", "rabbitmq": "down"})
+        );
+        assert_eq!(self.post_value("refused").await.0, 503);
+    }
+
     async fn post_value(&self, value: &str) -> (u16, Value) {
         let response = self
             .client
@@ -253,15 +266,7 @@ async fn certificates_that_do_not_verify_are_refused_and_readiness_reports_the_s
     let refused = svc::cache::RecordCache::ping(&cache).await;
     assert_refused(refused.map_err(anyhow::Error::from), "UnknownIssuer");
     let api = Api::start(&untrusting);
-    // Given time to try, readiness names every service down, and no write is accepted.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (status, ready) = api.get("/health/ready").await;
-    assert_eq!(status, 503, "{ready}");
-    assert_eq!(
-        ready["checks"],
-        serde_json::json!({"postgres": "down", "redis": "down", "rabbitmq": "down"})
-    );
-    assert_eq!(api.post_value("untrusted").await.0, 503);
+    api.assert_every_service_down().await;
 
     // The right CA, but a host name the certificates do not carry.
     let by_address = parse_postgres_url(&servers.postgres.url(
@@ -280,12 +285,7 @@ async fn certificates_that_do_not_verify_are_refused_and_readiness_reports_the_s
         "not valid for name",
     );
     let api = Api::start(&servers.serve_args("127.0.0.1", &servers.ca_file));
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let (_, ready) = api.get("/health/ready").await;
-    assert_eq!(
-        ready["checks"],
-        serde_json::json!({"postgres": "down", "redis": "down", "rabbitmq": "down"})
-    );
+    api.assert_every_service_down().await;
 
     // verify-ca checks the chain only, so the address passes there: proof
     // that verify-full's refusal above was its host-name check.
