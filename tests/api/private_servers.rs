@@ -145,8 +145,10 @@ pub struct PrivatePostgres {
 }
 
 impl PrivatePostgres {
-    /// `server` is the certificate it presents.
-    pub fn start(server: &Issued) -> Self {
+    /// `server` is the certificate it presents. With `client_ca`, a client
+    /// must also present a certificate from that CA whose common name is
+    /// its user name (`cert` authentication).
+    pub fn start(server: &Issued, client_ca: Option<&Path>) -> Self {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
             .expect("PostgreSQL's server binaries are installed")
             .filter_map(|entry| Some(entry.ok()?.path().join("bin")))
@@ -163,11 +165,17 @@ impl PrivatePostgres {
         std::fs::copy(&server.cert, data.join("server.crt")).unwrap();
         std::fs::copy(&server.key, data.join("server.key")).unwrap();
         // TCP clients must speak TLS: a plaintext fallback would find no door.
+        let method = if client_ca.is_some() { "cert" } else { "trust" };
         std::fs::write(
             data.join("pg_hba.conf"),
-            "local all all trust\nhostssl all all 127.0.0.1/32 trust\n",
+            format!("local all all trust\nhostssl all all 127.0.0.1/32 {method}\n"),
         )
         .unwrap();
+        let mut client_ca_option = String::new();
+        if let Some(ca) = client_ca {
+            std::fs::copy(ca, data.join("client-ca.crt")).unwrap();
+            client_ca_option = " -c ssl_ca_file=client-ca.crt".into();
+        }
         dir.give_to("postgres");
         run(Command::new("chmod")
             .arg("600")
@@ -175,7 +183,7 @@ impl PrivatePostgres {
         let port = free_port();
         let options = format!(
             "-c port={port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} \
-             -c ssl=on -c fsync=off -c max_connections=50",
+             -c ssl=on -c fsync=off -c max_connections=50{client_ca_option}",
             dir.0.display()
         );
         let pg_ctl = bin.join("pg_ctl");

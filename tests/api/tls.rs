@@ -48,7 +48,7 @@ impl TlsServers {
                         server: &server,
                     })
                 });
-                let postgres = scope.spawn(|| PrivatePostgres::start(&server));
+                let postgres = scope.spawn(|| PrivatePostgres::start(&server, None));
                 let redis = PrivateRedis::start(&ca_file, &server);
                 (postgres.join().unwrap(), (redis, rabbit.join().unwrap()))
             });
@@ -321,6 +321,39 @@ async fn certificates_that_do_not_verify_are_refused_and_readiness_reports_the_s
         svc::migrate::status(&plaintext, &trusted).await,
         "no encryption",
     );
+}
+
+#[tokio::test]
+async fn a_client_certificate_from_the_url_logs_in_where_the_server_demands_one() {
+    let dir = TempDir::new("tls-client");
+    let ca = TestCa::new("svc test CA");
+    let ca_file = ca.write(&dir.0, "ca.pem");
+    let server = ca.issue(&["localhost"], &dir.0, "localhost");
+    // `cert` authentication: the certificate's common name is the user.
+    let client = ca.issue(&["postgres"], &dir.0, "client");
+    let postgres =
+        tokio::task::spawn_blocking(move || PrivatePostgres::start(&server, Some(&ca_file)))
+            .await
+            .unwrap();
+    let root = dir.0.join("ca.pem");
+    let with_certificate = format!(
+        "sslmode=verify-full&sslrootcert={}&sslcert={}&sslkey={}",
+        root.display(),
+        client.cert.display(),
+        client.key.display()
+    );
+    let url =
+        parse_postgres_url(&postgres.url("localhost", "postgres", &with_certificate)).unwrap();
+    let tls = TlsSettings::default();
+    svc::migrate::status(&url, &tls).await.unwrap();
+
+    let without = parse_postgres_url(&postgres.url(
+        "localhost",
+        "postgres",
+        &format!("sslmode=verify-full&sslrootcert={}", root.display()),
+    ))
+    .unwrap();
+    assert_refused(svc::migrate::status(&without, &tls).await, "certificate");
 }
 
 fn assert_refused<T: std::fmt::Debug>(result: anyhow::Result<T>, reason: &str) {
