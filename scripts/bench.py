@@ -24,6 +24,7 @@ import os
 import platform
 import re
 import resource
+import socket
 import subprocess
 import sys
 import threading
@@ -84,8 +85,8 @@ def rows() -> int:
     return int(sql("select count(*) from data"))
 
 
-def purge(queue: str) -> None:
-    sh("rabbitmqctl", "-q", "purge_queue", queue)
+def purge(queue: str, node: str | None = None) -> None:
+    sh("rabbitmqctl", "-q", *(["-n", node] if node else []), "purge_queue", queue)
 
 
 @functools.cache
@@ -145,10 +146,12 @@ class Process:
     """A server of the benchmark, with its CPU time and memory read from /proc,
     and the queue it publishes to, if any."""
 
-    def __init__(self, name: str, args: list[str], queue: str | None = None):
-        self.name, self.queue = name, queue
+    def __init__(self, name: str, args: list[str], queue: str | None = None,
+                 env: dict | None = None, node: str | None = None):
+        # `node`: the broker node holding `queue`, when not the shared one.
+        self.name, self.queue, self.node = name, queue, node
         self.log = open(OUT / f"{name}.log", "w")
-        self.popen = subprocess.Popen(args, env=ENV, stdout=self.log, stderr=self.log)
+        self.popen = subprocess.Popen(args, env={**ENV, **(env or {})}, stdout=self.log, stderr=self.log)
 
     def cpu_seconds(self) -> float:
         return process_seconds(self.popen.pid)
@@ -301,15 +304,16 @@ def wrk(label: str, address: str, connections: int, mode: str, server: Process, 
     `fresh` is False."""
     extra = [str(OUT / "ids.txt")] if mode == "get" else []
     if mode == "post" and server.queue and fresh:
-        purge(server.queue)
-        start_fresh_quorum_log()
+        purge(server.queue, server.node)
+        if server.node is None:
+            start_fresh_quorum_log()
     command = ["wrk", "-t2", f"-c{connections}", "--timeout", "5s", "-s", str(LUA)]
     target = f"http://{address}/data" if mode == "post" else f"http://{address}"
     if warmup:
         subprocess.run([*command, f"-d{warmup}s", target, "--", mode, *extra],
                        check=True, capture_output=True, text=True)
     shares = CpuShares(server, consumer, postgres=consumer is not None)
-    log_file = quorum_log_file() if mode == "post" else None
+    log_file = quorum_log_file() if mode == "post" and server.node is None else None
     sampler = PeakRss(server)
     sampler.start()
     output = subprocess.run([*command, f"-d{secs}s", target, "--", mode, *extra],
@@ -360,6 +364,85 @@ def side_by_side(connections: int, mode: str, baseline: tuple, svc: tuple) -> li
                      "peak_rss_mib": max(row["peak_rss_mib"] for row in measured)})
         log(f"{label:<28} c={connections:<5} median {median['rps']} req/s of {rows[-1]['rounds_rps']}")
     return rows
+
+
+TLS_API, PLAIN_API = "127.0.0.1:18401", "127.0.0.1:18402"
+
+
+class PrivateBroker:
+    """A RabbitMQ node of the benchmark's own, with a plain and a TLS listener
+    (certificates for `localhost` from a CA that openssl makes here), so that
+    svc's writes over amqp:// and amqps:// are measured on the same broker."""
+
+    def __init__(self) -> None:
+        self.dir = OUT / "tls-broker"
+        subprocess.run(["rm", "-rf", str(self.dir)], check=True)
+        for sub in ("mnesia", "log"):
+            (self.dir / sub).mkdir(parents=True)
+        d = self.dir
+        openssl = functools.partial(subprocess.run, check=True, capture_output=True, cwd=d)
+        openssl(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                 "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=svc bench CA"])
+        openssl(["openssl", "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key",
+                 "-out", "server.csr", "-subj", "/CN=localhost"])
+        (d / "san.ext").write_text("subjectAltName=DNS:localhost\n")
+        openssl(["openssl", "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                 "-CAcreateserial", "-days", "2", "-out", "server.crt", "-extfile", "san.ext"])
+        self.ca = d / "ca.pem"
+        self.plain_port, self.tls_port, dist_port = 35682, 35681, 35683
+        self.node = f"svc-bench-{os.getpid()}@localhost"
+        (d / "rabbitmq.conf").write_text(
+            f"loopback_users = none\nlisteners.tcp.default = 127.0.0.1:{self.plain_port}\n"
+            f"listeners.ssl.default = 127.0.0.1:{self.tls_port}\n"
+            f"ssl_options.cacertfile = {d}/ca.pem\nssl_options.certfile = {d}/server.crt\n"
+            f"ssl_options.keyfile = {d}/server.key\nssl_options.verify = verify_none\n")
+        (d / "enabled_plugins").write_text("[].\n")
+        (d / "env.conf").write_text("")
+        subprocess.run(["chown", "-R", "rabbitmq:rabbitmq", str(d)], check=True)
+        env = {"RABBITMQ_CONF_ENV_FILE": f"{d}/env.conf", "RABBITMQ_NODENAME": self.node,
+               "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1", "RABBITMQ_NODE_PORT": str(self.plain_port),
+               "RABBITMQ_DIST_PORT": str(dist_port), "RABBITMQ_MNESIA_BASE": f"{d}/mnesia",
+               "RABBITMQ_LOG_BASE": f"{d}/log", "RABBITMQ_CONFIG_FILE": f"{d}/rabbitmq.conf",
+               "RABBITMQ_ENABLED_PLUGINS_FILE": f"{d}/enabled_plugins"}
+        self.popen = subprocess.Popen(["rabbitmq-server"], env={**os.environ, **env}, cwd=d,
+                                      stdout=open(d / "server.log", "w"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.tls_port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.popen.poll() is not None:
+                    raise RuntimeError(f"the private broker did not start; see {d / 'server.log'}")
+                time.sleep(0.25)
+
+    def stop(self) -> None:
+        subprocess.run(["rabbitmqctl", "-q", "-n", self.node, "stop"], capture_output=True)
+        self.popen.wait(timeout=30)
+
+
+def tls_writes() -> list[dict]:
+    """svc's writes over amqps:// against the same over amqp://, on one
+    private broker, side by side: what TLS to the broker costs."""
+    broker = PrivateBroker()
+    queue = f"{NAME}.data.ingest"
+    plain = Process("serve_amqp", [str(SVC), "serve"], queue=queue, node=broker.node, env={
+        "SVC_LISTEN": PLAIN_API, "AMQP_URL": f"amqp://guest:guest@127.0.0.1:{broker.plain_port}/%2f"})
+    tls = Process("serve_amqps", [str(SVC), "serve"], queue=queue, node=broker.node, env={
+        "SVC_LISTEN": TLS_API, "AMQP_URL": f"amqps://guest:guest@localhost:{broker.tls_port}/%2f",
+        "SVC_TLS_CA_FILE": str(broker.ca)})
+    try:
+        wait_http(f"http://{PLAIN_API}/health/ready")
+        wait_http(f"http://{TLS_API}/health/ready")
+        rows = []
+        for connections in (64, 1000):
+            rows += side_by_side(connections, "post", ("svc POST, amqp (private broker)", PLAIN_API, plain),
+                                 ("svc POST, amqps", TLS_API, tls))
+        return rows
+    finally:
+        for process in (plain, tls):
+            process.stop()
+        broker.stop()
 
 
 def quorum_log_limit() -> int:
@@ -638,8 +721,12 @@ def markdown(results: dict) -> str:
     for path, svc_label, base_label, base_name in (
         ("GET /data/{id}, warm", "svc GET", "bare axum GET", "bare axum, no I/O"),
         ("POST /data, consumer stopped", "svc POST", "bare publish POST", "bare confirmed publish, quorum queue"),
+        ("POST /data over amqps (TLS), consumer stopped", "svc POST, amqps", "svc POST, amqp (private broker)",
+         "svc over amqp:// to the same private broker"),
     ):
         for connections in (64, 1000):
+            if (svc_label, connections) not in http:
+                continue  # results from before this row was measured
             s, b = http[(svc_label, connections)], http[(base_label, connections)]
             lines.append(
                 f"| {path} | {connections} | {s['rps']:,}{runs(s)} | {p99(s)} | {b['rps']:,}{runs(b)} "
@@ -846,6 +933,9 @@ def main() -> None:
             log(f"whole system at {connections} connections: {results[key]}")
         highest = max(run["writes_per_sec"] for run in whole_system_runs(results))
         results["e2e"] = end_to_end(max(highest // 2, 100))
+        consumer.stop()
+        log("writes over amqps against amqp, on a private broker of the benchmark's own")
+        results["http"] += tls_writes()
     finally:
         for process in (serve, bare_axum, bare_publish, consumer):
             if process:
