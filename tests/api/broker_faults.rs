@@ -303,3 +303,52 @@ async fn while_the_broker_blocks_publishing_writes_are_503_at_once_then_accepted
     )
     .await;
 }
+
+#[tokio::test]
+async fn past_the_publish_window_a_write_waits_for_a_turn_then_goes_out() {
+    let proxy = FaultProxy::start(&host_port(&amqp_url())).await;
+    let sandbox = Sandbox::new().await;
+    let url = proxy.url_for(&amqp_url());
+    let args = sandbox.serve_args(&[
+        "--amqp-url",
+        &url,
+        "--publish-window",
+        "1",
+        "--publish-timeout-ms",
+        "2000",
+    ]);
+    let app = TestApp::start(sandbox, &args, svc::serve::components(&args).unwrap());
+    app.wait_until_ready().await;
+    let queue = app.sandbox.topology.queue.clone();
+
+    // No confirm comes back, so the first write holds the one turn until its
+    // publish timeout (2 s); the second arrives at 1 s and must wait.
+    proxy.swallow_replies();
+    let ((), _, _) = tokio::join!(
+        async {
+            eventually(
+                "the broker holds the first write",
+                Duration::from_secs(1),
+                || async { app.sandbox.ready_messages(&queue).await == 1 },
+            )
+            .await;
+            tokio::time::sleep(Duration::from_millis(1300)).await;
+            assert_eq!(
+                app.sandbox.ready_messages(&queue).await,
+                1,
+                "the second write is not sent while the first holds the turn"
+            );
+            eventually(
+                "the second write is sent once the first gives up its turn",
+                Duration::from_secs(5),
+                || async { app.sandbox.ready_messages(&queue).await == 2 },
+            )
+            .await;
+        },
+        app.post_value("first"),
+        async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            app.post_value("second").await
+        },
+    );
+}
