@@ -91,6 +91,21 @@ impl TlsServers {
         .to_vec()
     }
 
+    /// Postgres (under `verify-full`) and RabbitMQ, reached as `host` and
+    /// trusting `tls`, both refuse the connection, saying `reason`.
+    async fn assert_postgres_and_broker_refuse(&self, host: &str, tls: &TlsSettings, reason: &str) {
+        let postgres =
+            parse_postgres_url(&self.postgres.url(host, "postgres", "sslmode=verify-full"))
+                .unwrap();
+        assert_refused(svc::migrate::status(&postgres, tls).await, reason);
+        let amqps = parse_amqp_url(&self.rabbit.url("amqps", host)).unwrap();
+        let topology = Topology::new("svc", 5);
+        assert_refused(
+            svc::migrate::declare_topology(&amqps, tls, &topology).await,
+            reason,
+        );
+    }
+
     fn serve_args(&self, host: &str, ca_file: &Path) -> ServeArgs {
         match cli::parse(self.flags("serve", host, ca_file))
             .unwrap()
@@ -239,25 +254,12 @@ async fn certificates_that_do_not_verify_are_refused_and_readiness_reports_the_s
     let servers = TlsServers::start().await;
     let trusted = TlsSettings::from_ca_file(&servers.ca_file).unwrap();
     let other = TlsSettings::from_ca_file(&servers.other_ca_file).unwrap();
-    let topology = Topology::new("svc", 5);
 
     // A CA that did not sign the certificates: every client refuses them,
     // and says why.
-    let postgres = parse_postgres_url(&servers.postgres.url(
-        "localhost",
-        "postgres",
-        "sslmode=verify-full",
-    ))
-    .unwrap();
-    assert_refused(
-        svc::migrate::status(&postgres, &other).await,
-        "UnknownIssuer",
-    );
-    let amqps = parse_amqp_url(&servers.rabbit.url("amqps", "localhost")).unwrap();
-    assert_refused(
-        svc::migrate::declare_topology(&amqps, &other, &topology).await,
-        "UnknownIssuer",
-    );
+    servers
+        .assert_postgres_and_broker_refuse("localhost", &other, "UnknownIssuer")
+        .await;
     let untrusting = servers.serve_args("localhost", &servers.other_ca_file);
     // Time enough for the handshake to fail, not merely to be slow.
     let mut patient = untrusting.redis.clone();
@@ -269,21 +271,9 @@ async fn certificates_that_do_not_verify_are_refused_and_readiness_reports_the_s
     api.assert_every_service_down().await;
 
     // The right CA, but a host name the certificates do not carry.
-    let by_address = parse_postgres_url(&servers.postgres.url(
-        "127.0.0.1",
-        "postgres",
-        "sslmode=verify-full",
-    ))
-    .unwrap();
-    assert_refused(
-        svc::migrate::status(&by_address, &trusted).await,
-        "not valid for name",
-    );
-    let amqps_by_address = parse_amqp_url(&servers.rabbit.url("amqps", "127.0.0.1")).unwrap();
-    assert_refused(
-        svc::migrate::declare_topology(&amqps_by_address, &trusted, &topology).await,
-        "not valid for name",
-    );
+    servers
+        .assert_postgres_and_broker_refuse("127.0.0.1", &trusted, "not valid for name")
+        .await;
     let api = Api::start(&servers.serve_args("127.0.0.1", &servers.ca_file));
     api.assert_every_service_down().await;
 
