@@ -221,8 +221,12 @@ impl ConfirmLink {
     /// Closes the connection: publishes still awaiting a confirm settle as lost.
     pub fn close(&self) {
         self.down.cancel();
+        // Dropped outside a runtime (a process ending), the socket closes with it.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
         let connection = self.connection.clone();
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             if let Err(err) = connection.close(200, "closed by svc".into()).await {
                 tracing::debug!(error = %err, "closing the publishing connection");
             }
