@@ -71,9 +71,9 @@ pub struct RedisCache {
 
 impl RedisCache {
     /// Creates the cache without connecting: the first command connects, and
-    /// the manager reconnects in the background after a failure.
-    /// A cache on the Redis of `args`, over TLS for a `rediss://` URL
-    /// (trusting `tls` besides the system's roots).
+    /// the manager reconnects in the background after a failure. A
+    /// `rediss://` URL connects over TLS, trusting `tls` besides the
+    /// system's roots.
     pub fn new(args: &RedisArgs, tls: &TlsSettings) -> Result<Self, CacheError> {
         crate::tls::install_crypto_provider();
         let url = args.redis_url.expose();
