@@ -216,8 +216,20 @@ pub struct PostgresArgs {
 }
 
 impl PostgresArgs {
-    pub fn acquire_timeout(&self) -> Duration {
-        Duration::from_millis(self.db_acquire_timeout_ms)
+    /// The pool of `url` (the primary's, or the read URL) with these limits.
+    pub fn pool_settings(
+        &self,
+        url: &SecretUrl,
+        application_name: &'static str,
+        tls: &TlsArgs,
+    ) -> crate::storage::postgres::PoolSettings {
+        crate::storage::postgres::PoolSettings {
+            url: url.clone(),
+            max_connections: self.db_max_connections,
+            acquire_timeout: Duration::from_millis(self.db_acquire_timeout_ms),
+            application_name,
+            tls: tls.settings(),
+        }
     }
 }
 
@@ -247,8 +259,15 @@ pub struct RedisArgs {
 }
 
 impl RedisArgs {
-    pub fn timeout(&self) -> Duration {
-        Duration::from_millis(self.redis_timeout_ms)
+    pub fn settings(&self, tls: &TlsArgs) -> crate::cache::redis::RedisSettings {
+        crate::cache::redis::RedisSettings {
+            url: self.redis_url.clone(),
+            tls: tls.settings(),
+            timeout: Duration::from_millis(self.redis_timeout_ms),
+            prefix: self.cache_prefix.clone(),
+            record_ttl_secs: self.cache_ttl_secs,
+            pending_ttl_secs: self.pending_ttl_secs,
+        }
     }
 }
 
@@ -315,6 +334,12 @@ pub struct ServeArgs {
     #[arg(long, env = "SVC_RATE_LIMIT_BURST", value_parser = parse_positive_u32)]
     pub rate_limit_burst: Option<u32>,
 
+    /// Comma-separated addresses or networks (CIDR) of reverse proxies whose
+    /// `Forwarded`/`X-Forwarded-For` name the client for rate limits; from
+    /// any other peer those headers are ignored.
+    #[arg(long, env = "SVC_TRUSTED_PROXIES", value_delimiter = ',', value_parser = crate::http::parse_trusted_proxy)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+
     /// Comma-separated API keys; when set, `POST /data` needs one of them.
     #[arg(long, env = "SVC_API_KEYS", value_delimiter = ',', value_parser = parse_api_key, hide_env_values = true)]
     pub api_keys: Vec<ApiKey>,
@@ -340,7 +365,7 @@ pub struct ServeArgs {
     #[arg(long, env = "SVC_REQUEST_TIMEOUT_MS", default_value = "2000", value_parser = parse_positive_u64)]
     pub request_timeout_ms: u64,
 
-    /// Longest a connection may go without a complete request head (and no request in progress): slow and idle clients are closed.
+    /// Longest a connection may take to send a request head, idle keep-alive time included: slow and idle clients are closed.
     #[arg(long, env = "SVC_HEADER_TIMEOUT_MS", default_value = "10000", value_parser = parse_positive_u64)]
     pub header_timeout_ms: u64,
 

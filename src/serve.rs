@@ -2,66 +2,53 @@
 //! until the shutdown signal. Built in two steps so tests can bind port 0,
 //! read the port, and inject their own components.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, num::NonZeroU32, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use tokio::net::{TcpListener, TcpSocket};
+use axum::Router;
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     cache::{RecordCache, redis::RedisCache, tiered::TieredCache},
     config::ServeArgs,
-    http::{
-        self, AppState, Front, HttpSettings,
-        server::{ServerSettings, serve},
-    },
+    http::{self, AppState, GuardSettings, HttpSettings},
+    metrics::Metrics,
     queue::{RabbitPublisher, Topology, publisher::PublisherSettings},
-    storage::postgres::{PoolSettings, PostgresStore, connect_lazy},
+    server::{self, ServerSettings},
+    storage::postgres::{PostgresStore, connect_lazy},
 };
-
-/// Pending connections the kernel queues before `accept`: bursts of
-/// thousands of clients must not be refused.
-const LISTEN_BACKLOG: u32 = 4096;
-
-/// Binds a listener with a large backlog and address reuse (fast restarts).
-pub fn bind(address: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = if address.is_ipv4() {
-        TcpSocket::new_v4()?
-    } else {
-        TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(address)?;
-    socket.listen(LISTEN_BACKLOG)
-}
 
 /// The real components for `args`. Nothing connects yet: each dependency
 /// connects on first use and recovers by itself, so the API starts (and
 /// reports not-ready) even while a dependency is down.
 pub fn components(args: &ServeArgs) -> anyhow::Result<AppState> {
-    let pool = connect_lazy(&PoolSettings {
-        url: args.read_url().clone(),
-        max_connections: args.postgres.db_max_connections,
-        acquire_timeout: args.postgres.acquire_timeout(),
-        application_name: "svc serve",
-        tls: args.tls.settings(),
-    })
+    let metrics = Metrics::new();
+    let pool = connect_lazy(
+        &args
+            .postgres
+            .pool_settings(args.read_url(), "svc serve", &args.tls),
+    )
     .context("cannot configure the database pool")?;
     let redis: Arc<dyn RecordCache> = Arc::new(
-        RedisCache::new(&args.redis, &args.tls.settings()).context("cannot configure the cache")?,
+        RedisCache::new(&args.redis.settings(&args.tls), metrics.clone())
+            .context("cannot configure the cache")?,
     );
     let cache: Arc<dyn RecordCache> = match args.local_cache_mb {
         0 => redis,
-        mb => Arc::new(TieredCache::new(redis, mb * 1024 * 1024)),
+        mb => Arc::new(TieredCache::new(redis, mb * 1024 * 1024, metrics.clone())),
     };
-    let publisher = RabbitPublisher::start(PublisherSettings {
-        url: args.amqp.amqp_url.clone(),
-        tls: args.tls.settings(),
-        topology: Topology::from_args(&args.amqp.topology),
-        channels: args.publish_channels,
-        window: args.publish_window,
-        confirm_timeout: Duration::from_millis(args.publish_timeout_ms),
-    });
+    let publisher = RabbitPublisher::start(
+        PublisherSettings {
+            url: args.amqp.amqp_url.clone(),
+            tls: args.tls.settings(),
+            topology: Topology::from_args(&args.amqp.topology),
+            channels: args.publish_channels,
+            window: args.publish_window,
+            confirm_timeout: Duration::from_millis(args.publish_timeout_ms),
+        },
+        metrics.clone(),
+    );
     Ok(AppState::new(
         // A separate read URL means replicas behind PgBouncer, as in production.
         Arc::new(match args.database_read_url {
@@ -70,25 +57,35 @@ pub fn components(args: &ServeArgs) -> anyhow::Result<AppState> {
         }),
         cache,
         publisher,
-        args.max_in_flight as usize,
+        metrics,
     ))
 }
 
 fn http_settings(args: &ServeArgs) -> HttpSettings {
     HttpSettings {
         request_timeout: Duration::from_millis(args.request_timeout_ms),
-        rate_limit: args
-            .rate_limit_per_sec
-            .map(|per_second| (per_second, args.rate_limit_burst.unwrap_or(per_second))),
-        api_keys: args.api_keys.clone(),
+        guard: GuardSettings {
+            rate_limit: args.rate_limit_per_sec.map(|per_second| {
+                let burst = args.rate_limit_burst.unwrap_or(per_second);
+                (non_zero(per_second), non_zero(burst))
+            }),
+            trusted_proxies: args.trusted_proxies.clone(),
+            api_keys: args.api_keys.clone(),
+            max_in_flight: args.max_in_flight as usize,
+        },
         cors_origins: args.cors_origins.clone(),
     }
+}
+
+/// The settings parser refuses zero for these.
+fn non_zero(n: u32) -> NonZeroU32 {
+    NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
 }
 
 /// A bound API server, not yet serving.
 pub struct Application {
     listener: TcpListener,
-    front: Front,
+    router: Router,
     settings: ServerSettings,
 }
 
@@ -99,18 +96,15 @@ impl Application {
 
     /// Binds `args.listen` (port 0 picks a free port) and serves `state`.
     pub fn build_with(args: &ServeArgs, state: AppState) -> anyhow::Result<Self> {
-        let listener =
-            bind(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
-        let http = http_settings(args);
+        let listener = server::bind(args.listen)
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
         Ok(Self {
             listener,
             settings: ServerSettings {
                 header_timeout: Duration::from_millis(args.header_timeout_ms),
                 grace: Duration::from_secs(args.shutdown_grace_secs),
-                // The rate limiter is the only reader of the client's address.
-                client_addresses: http.rate_limit.is_some(),
             },
-            front: http::api(state, &http),
+            router: http::router(state, &http_settings(args)),
         })
     }
 
@@ -122,7 +116,7 @@ impl Application {
 
     /// Serves until `shutdown` is cancelled, then drains in-flight requests.
     pub async fn run(self, shutdown: CancellationToken) {
-        serve(self.listener, self.front, self.settings, shutdown).await;
+        server::serve(self.listener, self.router, self.settings, shutdown).await;
     }
 }
 

@@ -47,12 +47,6 @@ pub enum CacheError {
 
 #[async_trait]
 pub trait RecordCache: Send + Sync + 'static {
-    /// A record body held in this process, found without I/O or a future:
-    /// the hot path of a warm read. `None` says nothing about Redis.
-    fn lookup_local(&self, _id: Uuid) -> Option<Bytes> {
-        None
-    }
-
     async fn lookup(&self, id: Uuid) -> Result<Cached, CacheError>;
 
     /// Caches a record body read from the database.

@@ -30,7 +30,7 @@ use super::{
     batch::{Batcher, Limits},
     breaker::Breaker,
 };
-use crate::{config::RedisArgs, metrics, tls::TlsSettings};
+use crate::{config::SecretUrl, metrics::Metrics, tls::TlsSettings};
 
 /// Failures in a row that open the circuit.
 const BREAKER_THRESHOLD: u32 = 3;
@@ -57,6 +57,21 @@ const PENDING_EXPIRY_GRACE_SECS: u64 = 2 * PENDING_BUCKET_SECS;
 /// runtime's timer drift apart a little.
 const SWEEP_OFFSET: Duration = Duration::from_secs(2);
 
+/// Where the cache is and how it is used.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    /// `redis://` or `rediss://` (TLS, trusting `tls` besides the system's roots).
+    pub url: SecretUrl,
+    pub tls: TlsSettings,
+    /// Longest wait for one command; past it the call counts as a miss.
+    pub timeout: Duration,
+    /// Prefix of every key.
+    pub prefix: String,
+    pub record_ttl_secs: u64,
+    /// How long the pending marker of an accepted write lives at least.
+    pub pending_ttl_secs: u64,
+}
+
 #[derive(Clone)]
 pub struct RedisCache {
     connection: ConnectionManager,
@@ -65,37 +80,37 @@ pub struct RedisCache {
     record_ttl_secs: u64,
     pending_ttl_secs: u64,
     breaker: Arc<Breaker>,
+    metrics: Metrics,
     /// The pending-marker writer, started on the first marker.
     marks: Arc<OnceLock<Batcher<Uuid>>>,
 }
 
 impl RedisCache {
     /// Creates the cache without connecting: the first command connects, and
-    /// the manager reconnects in the background after a failure. A
-    /// `rediss://` URL connects over TLS, trusting `tls` besides the
-    /// system's roots.
-    pub fn new(args: &RedisArgs, tls: &TlsSettings) -> Result<Self, CacheError> {
+    /// the manager reconnects in the background after a failure.
+    pub fn new(settings: &RedisSettings, metrics: Metrics) -> Result<Self, CacheError> {
         crate::tls::install_crypto_provider();
-        let url = args.redis_url.expose();
-        let client = match tls.for_redis() {
+        let url = settings.url.expose();
+        let client = match settings.tls.for_redis() {
             Some(certificates) if url.starts_with("rediss:") => {
                 redis::Client::build_with_tls(url, certificates)?
             }
             _ => redis::Client::open(url)?,
         };
         let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(args.timeout().max(Duration::from_millis(250))))
-            .set_response_timeout(Some(args.timeout()))
+            .set_connection_timeout(Some(settings.timeout.max(Duration::from_millis(250))))
+            .set_response_timeout(Some(settings.timeout))
             .set_min_delay(Duration::from_millis(50))
             .set_max_delay(Duration::from_secs(2))
             .set_number_of_retries(3);
         Ok(Self {
             connection: ConnectionManager::new_lazy_with_config(client, config)?,
-            prefix: args.cache_prefix.clone(),
-            timeout: args.timeout(),
-            record_ttl_secs: args.cache_ttl_secs,
-            pending_ttl_secs: args.pending_ttl_secs,
+            prefix: settings.prefix.clone(),
+            timeout: settings.timeout,
+            record_ttl_secs: settings.record_ttl_secs,
+            pending_ttl_secs: settings.pending_ttl_secs,
             breaker: Arc::new(Breaker::new(BREAKER_THRESHOLD, BREAKER_COOLDOWN)),
+            metrics,
             marks: Arc::default(),
         })
     }
@@ -192,7 +207,7 @@ impl RedisCache {
         call: impl Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, CacheError> {
         if !self.breaker.allows(Instant::now()) {
-            ::metrics::counter!(metrics::CACHE_SKIPPED).increment(1);
+            self.metrics.cache_skipped();
             return Err(CacheError::CircuitOpen);
         }
         let result = match tokio::time::timeout(self.timeout, call).await {

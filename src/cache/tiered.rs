@@ -14,7 +14,7 @@ use quick_cache::{Weighter, sync::Cache};
 use uuid::Uuid;
 
 use super::{CacheError, Cached, RecordCache, Ticket};
-use crate::metrics;
+use crate::metrics::Metrics;
 
 /// Weighs an entry by its body plus the key and bookkeeping around it.
 #[derive(Debug, Clone, Copy)]
@@ -29,30 +29,27 @@ impl Weighter<Uuid, Bytes> for BodyBytes {
 pub struct TieredCache {
     local: Cache<Uuid, Bytes, BodyBytes>,
     shared: Arc<dyn RecordCache>,
+    metrics: Metrics,
 }
 
 impl TieredCache {
     /// Holds at most `capacity_bytes` of bodies in memory in front of `shared`.
-    pub fn new(shared: Arc<dyn RecordCache>, capacity_bytes: u64) -> Self {
+    pub fn new(shared: Arc<dyn RecordCache>, capacity_bytes: u64, metrics: Metrics) -> Self {
         // A typical record body is a few hundred bytes.
         let estimated_items = (capacity_bytes / 256).max(16) as usize;
         Self {
             local: Cache::with_weighter(estimated_items, capacity_bytes, BodyBytes),
             shared,
+            metrics,
         }
     }
 }
 
 #[async_trait]
 impl RecordCache for TieredCache {
-    fn lookup_local(&self, id: Uuid) -> Option<Bytes> {
-        let body = self.local.get(&id)?;
-        metrics::memory_hit();
-        Some(body)
-    }
-
     async fn lookup(&self, id: Uuid) -> Result<Cached, CacheError> {
-        if let Some(body) = self.lookup_local(id) {
+        if let Some(body) = self.local.get(&id) {
+            self.metrics.cache_memory_hit();
             return Ok(Cached::Record(body));
         }
         let found = self.shared.lookup(id).await?;

@@ -18,7 +18,7 @@ use lapin::Channel;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    metrics,
+    metrics::Metrics,
     queue::{Topology, ready_messages},
     telemetry::error_chain,
 };
@@ -47,6 +47,7 @@ pub async fn watch(
     topology: Topology,
     interval: Duration,
     dead_letters: LastSeen,
+    metrics: Metrics,
     stop: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(interval);
@@ -68,10 +69,8 @@ pub async fn watch(
                 return;
             }
         };
-        ::metrics::gauge!(metrics::QUEUE_MESSAGES, "queue" => topology.queue.clone())
-            .set(f64::from(ingest));
-        ::metrics::gauge!(metrics::QUEUE_MESSAGES, "queue" => topology.dead_letter_queue.clone())
-            .set(f64::from(dead));
+        metrics.queue_depth(&topology.queue, ingest);
+        metrics.queue_depth(&topology.dead_letter_queue, dead);
         match dead_letters.replace(dead) {
             None if dead > 0 => tracing::warn!(
                 queue = %topology.dead_letter_queue,
@@ -80,8 +79,7 @@ pub async fn watch(
             ),
             Some(before) if dead > before => {
                 let arrived = dead - before;
-                ::metrics::counter!(metrics::DEAD_LETTERED_SEEN, "queue" => topology.dead_letter_queue.clone())
-                    .increment(u64::from(arrived));
+                metrics.dead_letters_seen(&topology.dead_letter_queue, u64::from(arrived));
                 tracing::warn!(
                     queue = %topology.dead_letter_queue,
                     arrived,

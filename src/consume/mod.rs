@@ -14,7 +14,6 @@
 
 mod batch;
 mod depth;
-mod health;
 mod persist;
 
 use std::{
@@ -43,19 +42,19 @@ use crate::{
     cache::{RecordCache, redis::RedisCache},
     config::{ConsumeArgs, SecretUrl},
     domain::DataMessage,
-    metrics,
+    health,
+    metrics::Metrics,
     queue::{Topology, connect},
+    server::{self, ServerSettings},
     storage::{
         RecordStore,
-        postgres::{PoolSettings, PostgresStore, connect_lazy},
+        postgres::{PostgresStore, connect_lazy},
     },
     telemetry::error_chain,
     tls::TlsSettings,
 };
 
 use persist::Persisted;
-
-pub use health::{ConsumerHealth, serve as serve_health};
 
 #[derive(Debug, Clone)]
 pub struct ConsumerSettings {
@@ -90,6 +89,7 @@ pub struct Consumer {
     cache: Arc<dyn RecordCache>,
     consuming: Arc<AtomicBool>,
     dead_letters: depth::LastSeen,
+    metrics: Metrics,
 }
 
 impl Consumer {
@@ -97,6 +97,7 @@ impl Consumer {
         settings: ConsumerSettings,
         store: Arc<dyn RecordStore>,
         cache: Arc<dyn RecordCache>,
+        metrics: Metrics,
     ) -> Self {
         Self {
             settings,
@@ -104,16 +105,25 @@ impl Consumer {
             cache,
             consuming: Arc::new(AtomicBool::new(false)),
             dead_letters: depth::LastSeen::default(),
+            metrics,
         }
     }
 
-    /// What the consumer's health endpoints report.
-    pub fn health(&self) -> ConsumerHealth {
-        ConsumerHealth::new(
-            self.store.clone(),
-            self.cache.clone(),
-            self.consuming.clone(),
-        )
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The consumer's own listener: `/health/*` (ready while consuming with
+    /// the database reachable) and its `/metrics`.
+    pub fn router(&self) -> axum::Router {
+        let consuming = self.consuming.clone();
+        let probe = health::Probe {
+            store: self.store.clone(),
+            cache: self.cache.clone(),
+            broker_up: Arc::new(move || consuming.load(Ordering::Acquire)),
+        };
+        let routes = health::router(probe).merge(server::metrics_router(self.metrics.clone()));
+        server::observed(routes, self.metrics.clone(), Duration::from_secs(5))
     }
 
     /// Consumes until `shutdown`, reconnecting with backoff whenever the
@@ -186,6 +196,7 @@ impl Consumer {
             topology.clone(),
             self.settings.queue_watch,
             self.dead_letters.clone(),
+            self.metrics.clone(),
             watch_stop,
         ));
         tracing::info!(queue = %topology.queue, prefetch = self.settings.prefetch, "consuming");
@@ -243,7 +254,7 @@ impl Consumer {
         if deliveries.is_empty() {
             return Ok(());
         }
-        ::metrics::histogram!(metrics::CONSUMER_BATCH_SIZE).record(deliveries.len() as f64);
+        self.metrics.batch_taken(deliveries.len());
         let mut messages: Vec<DataMessage> = Vec::with_capacity(deliveries.len());
         let mut valid: Vec<&Delivery> = Vec::with_capacity(deliveries.len());
         for delivery in &deliveries {
@@ -259,7 +270,7 @@ impl Consumer {
                         error = %error_chain(&err),
                         "poison message: dead-lettering it"
                     );
-                    dead_letter(delivery, "malformed").await?;
+                    self.dead_letter(delivery, "malformed").await?;
                 }
             }
         }
@@ -269,6 +280,7 @@ impl Consumer {
         let (give_up, _stop_watching_channel) = give_up_on_batch(channel, shutdown);
         let (records, refused) = match persist::persist(
             &self.store,
+            &self.metrics,
             &messages,
             self.settings.retry_max_backoff,
             &give_up,
@@ -285,8 +297,7 @@ impl Consumer {
                         requeue: true,
                     })
                     .await?;
-                ::metrics::counter!(metrics::CONSUMER_MESSAGES, "outcome" => "returned")
-                    .increment(messages.len() as u64);
+                self.metrics.messages_settled("returned", messages.len());
                 return Ok(());
             }
             Persisted::GivenUp => {
@@ -294,7 +305,8 @@ impl Consumer {
             }
         };
         for &position in &refused {
-            dead_letter(valid[position], "refused_by_store").await?;
+            self.dead_letter(valid[position], "refused_by_store")
+                .await?;
         }
         let last_stored = valid
             .iter()
@@ -310,24 +322,27 @@ impl Consumer {
         // this channel is either in this batch or was rejected above.
         let (acked, ()) = tokio::join!(
             last_stored.acker.ack(BasicAckOptions { multiple: true }),
-            persist::write_through(&self.cache, &records),
+            persist::write_through(&self.cache, &self.metrics, &records),
         );
         acked
             .context("cannot acknowledge a committed batch (it will be redelivered, harmlessly)")?;
         Ok(())
     }
-}
 
-/// Rejects `delivery` without requeueing it: the broker moves it to the
-/// dead-letter queue. `reason` labels the count.
-async fn dead_letter(delivery: &Delivery, reason: &'static str) -> Result<(), lapin::Error> {
-    delivery
-        .acker
-        .reject(BasicRejectOptions { requeue: false })
-        .await?;
-    ::metrics::counter!(metrics::CONSUMER_MESSAGES, "outcome" => "dead_lettered", "reason" => reason)
-        .increment(1);
-    Ok(())
+    /// Rejects `delivery` without requeueing it: the broker moves it to the
+    /// dead-letter queue. `reason` labels the count.
+    async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        reason: &'static str,
+    ) -> Result<(), lapin::Error> {
+        delivery
+            .acker
+            .reject(BasicRejectOptions { requeue: false })
+            .await?;
+        self.metrics.messages_dead_lettered(reason, 1);
+        Ok(())
+    }
 }
 
 /// Cancelled on shutdown, or as soon as `channel` closes: the broker then
@@ -365,32 +380,40 @@ async fn close(channel: &lapin::Channel, connection: &Connection) {
 
 /// The real consumer for `args`: Postgres primary, Redis, RabbitMQ.
 pub fn build(args: &ConsumeArgs) -> anyhow::Result<Consumer> {
-    let pool = connect_lazy(&PoolSettings {
-        url: args.postgres.database_url.clone(),
-        max_connections: args.postgres.db_max_connections,
-        acquire_timeout: args.postgres.acquire_timeout(),
-        application_name: "svc consume",
-        tls: args.tls.settings(),
-    })
+    let metrics = Metrics::new();
+    let pool = connect_lazy(&args.postgres.pool_settings(
+        &args.postgres.database_url,
+        "svc consume",
+        &args.tls,
+    ))
     .context("cannot configure the database pool")?;
-    let cache =
-        RedisCache::new(&args.redis, &args.tls.settings()).context("cannot configure the cache")?;
+    let cache = RedisCache::new(&args.redis.settings(&args.tls), metrics.clone())
+        .context("cannot configure the cache")?;
     Ok(Consumer::new(
         ConsumerSettings::from_args(args),
         Arc::new(PostgresStore::new(pool)),
         Arc::new(cache),
+        metrics,
     ))
 }
 
 /// `svc consume`: the consumer plus its `/metrics` and `/health/*` listener.
 pub async fn run(args: ConsumeArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    metrics::handle();
     let consumer = build(&args)?;
-    let listener = crate::serve::bind(args.metrics_listen)
+    let listener = server::bind(args.metrics_listen)
         .with_context(|| format!("cannot listen on {}", args.metrics_listen))?;
     let address: SocketAddr = listener.local_addr()?;
     tracing::info!(%address, "consumer health and metrics listening");
-    let server = tokio::spawn(health::serve(listener, consumer.health(), shutdown.clone()));
+    let settings = ServerSettings {
+        header_timeout: Duration::from_secs(10),
+        grace: Duration::from_secs(2),
+    };
+    let server = tokio::spawn(server::serve(
+        listener,
+        consumer.router(),
+        settings,
+        shutdown.clone(),
+    ));
     consumer.run(shutdown.clone()).await;
     shutdown.cancel();
     let _ = server.await;

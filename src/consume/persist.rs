@@ -20,7 +20,7 @@ use crate::{
     backoff::Backoff,
     cache::RecordCache,
     domain::{DataMessage, Record},
-    metrics,
+    metrics::Metrics,
     storage::{RecordStore, StoreError},
     telemetry::error_chain,
 };
@@ -60,6 +60,7 @@ enum Insert {
 /// inserts ignore ids already stored.
 pub async fn persist(
     store: &Arc<dyn RecordStore>,
+    metrics: &Metrics,
     messages: &[DataMessage],
     max_backoff: Duration,
     give_up: &CancellationToken,
@@ -71,7 +72,15 @@ pub async fn persist(
     #[allow(clippy::single_range_in_vec_init)] // one range, not its elements
     let mut to_write: Vec<Range<usize>> = vec![0..messages.len()];
     while let Some(range) = to_write.pop() {
-        match insert(store, &messages[range.clone()], max_backoff, give_up).await {
+        match insert(
+            store,
+            metrics,
+            &messages[range.clone()],
+            max_backoff,
+            give_up,
+        )
+        .await
+        {
             Insert::Stored(stored) => records.extend(stored),
             Insert::Refused(err) if range.len() == 1 => {
                 tracing::warn!(
@@ -95,8 +104,7 @@ pub async fn persist(
             Insert::GivenUp => return Persisted::GivenUp,
         }
     }
-    ::metrics::counter!(metrics::CONSUMER_MESSAGES, "outcome" => "persisted")
-        .increment((messages.len() - refused.len()) as u64);
+    metrics.messages_settled("persisted", messages.len() - refused.len());
     Persisted::Committed { records, refused }
 }
 
@@ -105,6 +113,7 @@ pub async fn persist(
 /// but a refusal of the data, which is returned at once.
 async fn insert(
     store: &Arc<dyn RecordStore>,
+    metrics: &Metrics,
     messages: &[DataMessage],
     max_backoff: Duration,
     give_up: &CancellationToken,
@@ -115,8 +124,7 @@ async fn insert(
         let started = std::time::Instant::now();
         let err = match store.insert_batch(messages).await {
             Ok(records) => {
-                ::metrics::histogram!(metrics::CONSUMER_INSERT_DURATION)
-                    .record(started.elapsed().as_secs_f64());
+                metrics.insert_took(started.elapsed());
                 return Insert::Stored(records);
             }
             Err(err @ StoreError::Refused(_)) => return Insert::Refused(err),
@@ -134,7 +142,7 @@ async fn insert(
                 return Insert::Failing;
             }
         }
-        ::metrics::counter!(metrics::CONSUMER_DB_RETRIES).increment(1);
+        metrics.database_retried();
         let delay = backoff.next_delay();
         tracing::warn!(
             messages = messages.len(),
@@ -157,13 +165,13 @@ async fn insert(
 
 /// Caches committed records and clears their pending markers. A failure
 /// costs only speed: reads still find the records in the database.
-pub async fn write_through(cache: &Arc<dyn RecordCache>, records: &[Record]) {
+pub async fn write_through(cache: &Arc<dyn RecordCache>, metrics: &Metrics, records: &[Record]) {
     let entries: Vec<(Uuid, Bytes)> = records
         .iter()
         .map(|record| (record.id, Bytes::from(record.to_json())))
         .collect();
     if let Err(err) = cache.store_persisted(&entries).await {
-        ::metrics::counter!(metrics::CACHE_ERRORS).increment(1);
+        metrics.cache_error();
         tracing::warn!(records = entries.len(), error = %error_chain(&err), "cache write-through failed");
     }
 }

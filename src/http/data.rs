@@ -4,7 +4,6 @@ use axum::{
     Json, Router,
     body::Bytes,
     extract::{Path, RawQuery, Request, State},
-    handler::Handler,
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -14,38 +13,22 @@ use serde::{Deserialize, Serialize};
 use serde_json::error::Category;
 use uuid::Uuid;
 
-use super::{ApiError, AppState, MAX_BODY_BYTES, Problem, guard::Guard, observe::ObserveLayer};
+use super::{ApiError, AppState, MAX_BODY_BYTES, Problem};
 use crate::{
     cache::Cached,
     domain::{Cursor, DataMessage, Record, validate_value},
-    metrics,
     storage::StoreError,
     telemetry::error_chain,
 };
 
-/// The route of one record; the warm-read front (`front`) answers it too,
-/// for paths that start with `RECORD_PREFIX`.
-pub(super) const RECORD_ROUTE: &str = "/data/{id}";
-pub(super) const RECORD_PREFIX: &str = "/data/";
+/// Where a record is read: `Location` of an accepted write.
+const RECORD_PREFIX: &str = "/data/";
 
-/// The `/data` routes, each handler behind the guard and inside the observe
-/// layer. Layered handler by handler rather than with `Router::layer`, which
-/// would put each route behind one more boxed service per request.
-pub fn router(guard: &Guard, observe: ObserveLayer) -> Router<AppState> {
+/// The `/data` routes.
+pub fn router() -> Router<AppState> {
     Router::new()
-        .route(
-            "/data",
-            post(layered(create, guard, observe)).get(layered(list, guard, observe)),
-        )
-        .route(RECORD_ROUTE, get(layered(read, guard, observe)))
-}
-
-fn layered<H, T>(handler: H, guard: &Guard, observe: ObserveLayer) -> impl Handler<T, AppState>
-where
-    H: Handler<T, AppState>,
-    T: 'static,
-{
-    handler.layer(guard.clone()).layer(observe)
+        .route("/data", post(create).get(list))
+        .route("/data/{id}", get(read))
 }
 
 /// Body of `POST /data`.
@@ -147,7 +130,6 @@ fn is_json(headers: &HeaderMap) -> bool {
     operation_id = "create_record"
 )]
 async fn create(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
-    let _admitted = state.in_flight.admit()?;
     if !is_json(request.headers()) {
         return Err(ApiError::unsupported_media_type());
     }
@@ -175,7 +157,7 @@ async fn create(State(state): State<AppState>, request: Request) -> Result<Respo
         ));
     }
     if let Err(err) = marking.written().await {
-        ::metrics::counter!(metrics::CACHE_ERRORS).increment(1);
+        state.metrics.cache_error();
         tracing::warn!(%id, error = %error_chain(&err), "cannot mark the write pending");
     }
 
@@ -255,26 +237,20 @@ async fn read(
     State(state): State<AppState>,
     Path(raw_id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let _admitted = state.in_flight.admit()?;
     let id =
         Uuid::try_parse(&raw_id).map_err(|_| ApiError::bad_parameter("`id` must be a UUID"))?;
 
-    // The in-process cache first, without a future: the hot path of a warm read.
-    let looked_up = match state.cache.lookup_local(id) {
-        Some(body) => Ok(Cached::Record(body)),
-        None => state.cache.lookup(id).await,
-    };
-    let cached = match looked_up {
+    let cached = match state.cache.lookup(id).await {
         Ok(Cached::Record(body)) => {
-            metrics::cache_hit();
+            state.metrics.cache_hit();
             return Ok(json_body(StatusCode::OK, body));
         }
         Ok(other) => {
-            metrics::hot_path().cache_misses.increment(1);
+            state.metrics.cache_miss();
             other
         }
         Err(err) => {
-            ::metrics::counter!(metrics::CACHE_ERRORS).increment(1);
+            state.metrics.cache_error();
             tracing::debug!(%id, error = %error_chain(&err), "cache lookup failed; reading the database");
             Cached::Miss
         }
@@ -310,7 +286,7 @@ async fn load(state: AppState, id: Uuid) -> Loaded {
         Ok(Some(record)) => {
             let body = Bytes::from(record.to_json());
             if let Err(err) = state.cache.store_record(id, body.clone()).await {
-                ::metrics::counter!(metrics::CACHE_ERRORS).increment(1);
+                state.metrics.cache_error();
                 tracing::debug!(%id, error = %error_chain(&err), "cannot cache the record");
             }
             Loaded::Found(body)
@@ -327,7 +303,7 @@ async fn load(state: AppState, id: Uuid) -> Loaded {
     }
 }
 
-pub(super) fn json_body(status: StatusCode, body: Bytes) -> Response {
+fn json_body(status: StatusCode, body: Bytes) -> Response {
     (
         status,
         [(
@@ -362,7 +338,6 @@ async fn list(
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Page>, ApiError> {
-    let _admitted = state.in_flight.admit()?;
     let params: ListParams = serde_urlencoded::from_str(query.as_deref().unwrap_or(""))
         .map_err(|_| ApiError::bad_parameter("the query string is malformed"))?;
     let limit = match params.limit.as_deref() {
@@ -410,11 +385,6 @@ async fn list(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_record_prefix_is_the_record_route_without_its_parameter() {
-        assert_eq!(RECORD_ROUTE.strip_suffix("{id}"), Some(RECORD_PREFIX));
-    }
 
     fn headers(content_type: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();

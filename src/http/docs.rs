@@ -5,8 +5,8 @@ use axum::Router;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 
-use super::{data, error::Problem, health};
-use crate::domain::Record;
+use super::data;
+use crate::{domain::Record, health, problem::Problem};
 
 #[derive(OpenApi)]
 #[openapi(

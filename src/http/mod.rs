@@ -1,40 +1,34 @@
 //! The HTTP API of `svc serve`: shared state, the router and its layers.
 //! Each resource lives in its own module with its own `router()`.
 
+mod client_address;
 mod data;
 pub mod docs;
-mod error;
-mod front;
-pub mod guard;
-mod health;
-pub mod observe;
-pub mod server;
-mod watchdog;
+mod guard;
 
 use std::{sync::Arc, time::Duration};
 
 use axum::{
     Router,
-    handler::Handler,
     http::{HeaderName, HeaderValue, Method, header},
     response::IntoResponse,
 };
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use uuid::Uuid;
 
-pub use error::{ApiError, PROBLEM_JSON, Problem};
-pub use front::Front;
-pub use health::{Check, Checks, Ready, check, probe_storage, verdict};
+pub use client_address::parse_trusted_proxy;
+pub use guard::GuardSettings;
 
+pub use crate::problem::{ApiError, PROBLEM_JSON, Problem};
 use crate::{
-    cache::RecordCache, queue::Publisher, singleflight::SingleFlight, storage::RecordStore,
+    cache::RecordCache, health, metrics::Metrics, queue::Publisher, server,
+    singleflight::SingleFlight, storage::RecordStore,
 };
 
 /// Largest request body accepted.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
-/// What every handler can reach. One `Arc`: every request clones the state,
-/// and one reference count costs less than four.
+/// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState(Arc<Components>);
 
@@ -42,27 +36,24 @@ pub struct Components {
     pub store: Arc<dyn RecordStore>,
     pub cache: Arc<dyn RecordCache>,
     pub publisher: Arc<dyn Publisher>,
+    pub metrics: Metrics,
     /// Coalesces concurrent database reads of the same id.
     reads: SingleFlight<Uuid, data::Loaded>,
-    /// Bounds the requests in `/data` handlers at once.
-    in_flight: guard::InFlightLimit,
 }
 
 impl AppState {
-    /// The parts handlers use; at most `max_in_flight` requests are in
-    /// `/data` handlers at once (`SVC_MAX_IN_FLIGHT`).
     pub fn new(
         store: Arc<dyn RecordStore>,
         cache: Arc<dyn RecordCache>,
         publisher: Arc<dyn Publisher>,
-        max_in_flight: usize,
+        metrics: Metrics,
     ) -> Self {
         Self(Arc::new(Components {
             store,
             cache,
             publisher,
+            metrics,
             reads: SingleFlight::default(),
-            in_flight: guard::InFlightLimit::new(max_in_flight),
         }))
     }
 }
@@ -79,52 +70,36 @@ impl std::ops::Deref for AppState {
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
     pub request_timeout: Duration,
-    /// Requests per second and burst per client address, when limited.
-    pub rate_limit: Option<(u32, u32)>,
-    /// Keys that writes need; empty: writes are open.
-    pub api_keys: Vec<crate::config::ApiKey>,
+    pub guard: GuardSettings,
     /// Origins CORS allows; empty: no CORS headers at all.
     pub cors_origins: Vec<String>,
 }
 
-/// The whole API, ready to serve: the router behind the warm-read front.
-pub fn api(state: AppState, settings: &HttpSettings) -> Front {
-    Front::api(router(state.clone(), settings), state, settings)
-}
-
-/// Every route of the API.
-fn router(state: AppState, settings: &HttpSettings) -> Router {
-    crate::metrics::handle();
-    let observe = observe::ObserveLayer::new(settings.request_timeout);
-    // The guard (rate limit, then key) runs inside the observe layer, so a
-    // refusal is measured and carries a request id too; the handlers then
-    // take their in-flight place, so neither floods nor strangers take
-    // capacity. (The body limit, `MAX_BODY_BYTES`, is applied by the one
-    // handler that reads a body: a layer on every route would cost every
-    // request.)
-    let guard = guard::Guard {
-        rate_limit: settings
-            .rate_limit
-            .map(|(per_second, burst)| guard::RateLimit::new(per_second, burst)),
-        api_keys: (!settings.api_keys.is_empty())
-            .then(|| guard::ApiKeys::new(settings.api_keys.iter().map(|k| k.expose()))),
+/// Every route of the API, with its layers.
+pub fn router(state: AppState, settings: &HttpSettings) -> Router {
+    let probe = health::Probe {
+        store: state.store.clone(),
+        cache: state.cache.clone(),
+        broker_up: {
+            let publisher = state.publisher.clone();
+            Arc::new(move || publisher.is_connected())
+        },
     };
-    let rest = Router::new()
-        .merge(health::router())
-        .with_state(state.clone())
-        .merge(observe::metrics_router())
-        .merge(docs::router());
-    let mut api = data::router(&guard, observe)
-        .with_state(state)
-        .merge(rest.layer(observe))
-        .fallback(not_found.layer(observe))
-        .method_not_allowed_fallback(method_not_allowed.layer(observe));
-    if let Some(cors) = cors(&settings.cors_origins) {
+    let metrics = state.metrics.clone();
+    let api = Router::new()
+        .merge(guard::guarded(data::router(), &settings.guard, &metrics).with_state(state))
+        .merge(health::router(probe))
+        .merge(server::metrics_router(metrics.clone()))
+        .merge(docs::router())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed);
+    let api = server::observed(api, metrics, settings.request_timeout);
+    match cors(&settings.cors_origins) {
         // Outermost, so preflights are answered before any route (and,
         // alone of all answers, without a request id).
-        api = api.layer(cors);
+        Some(cors) => api.layer(cors),
+        None => api,
     }
-    api
 }
 
 /// CORS for the configured origins, or none at all.
@@ -145,13 +120,9 @@ fn cors(origins: &[String]) -> Option<CorsLayer> {
                 header::CONTENT_TYPE,
                 header::AUTHORIZATION,
                 HeaderName::from_static("x-api-key"),
-                HeaderName::from_static("x-request-id"),
+                server::REQUEST_ID,
             ])
-            .expose_headers([
-                header::LOCATION,
-                header::RETRY_AFTER,
-                HeaderName::from_static("x-request-id"),
-            ])
+            .expose_headers([header::LOCATION, header::RETRY_AFTER, server::REQUEST_ID])
             .max_age(Duration::from_secs(600)),
     )
 }

@@ -22,8 +22,8 @@ use super::{
     link::{ConfirmLink, LinkError, LinkSettings, Settled},
 };
 use crate::{
-    backoff::Backoff, config::SecretUrl, domain::DataMessage, metrics, telemetry::error_chain,
-    tls::TlsSettings,
+    backoff::Backoff, config::SecretUrl, domain::DataMessage, metrics::Metrics,
+    telemetry::error_chain, tls::TlsSettings,
 };
 
 #[derive(Debug, Clone)]
@@ -45,17 +45,19 @@ pub struct RabbitPublisher {
     settings: PublisherSettings,
     link: RwLock<Option<Arc<ConfirmLink>>>,
     reconnecting: AtomicBool,
+    metrics: Metrics,
     this: Weak<Self>,
 }
 
 impl RabbitPublisher {
     /// Creates the publisher and connects in the background; until the
     /// broker answers, publishes fail fast with [`PublishError::Unavailable`].
-    pub fn start(settings: PublisherSettings) -> Arc<Self> {
+    pub fn start(settings: PublisherSettings, metrics: Metrics) -> Arc<Self> {
         let publisher = Arc::new_cyclic(|this| Self {
             settings,
             link: RwLock::new(None),
             reconnecting: AtomicBool::new(false),
+            metrics,
             this: this.clone(),
         });
         publisher.reconnect();
@@ -179,7 +181,7 @@ impl RabbitPublisher {
             error = %lost,
             "broker connection lost before the confirm; publishing the same id again"
         );
-        ::metrics::counter!(metrics::PUBLISH_RETRIES).increment(1);
+        self.metrics.publish_retried();
         let Some(fresh) = self.replacement_for(&link, RELINK_WAIT).await else {
             return Err(PublishError::Lost(lost));
         };
@@ -214,14 +216,9 @@ impl Publisher for RabbitPublisher {
             .await
             .unwrap_or(Err(PublishError::Timeout(timeout)));
         match &result {
-            Ok(()) => {
-                metrics::hot_path()
-                    .publish_duration
-                    .record(started.elapsed().as_secs_f64());
-            }
+            Ok(()) => self.metrics.publish_confirmed(started.elapsed()),
             Err(err) => {
-                ::metrics::counter!(metrics::PUBLISH_FAILURES, "reason" => err.reason())
-                    .increment(1);
+                self.metrics.publish_failed(err.reason());
                 if matches!(err, PublishError::Lost(_)) {
                     // A channel error closes the channel: start over on a fresh link.
                     self.reconnect();

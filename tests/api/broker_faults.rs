@@ -78,8 +78,8 @@ async fn a_confirm_lost_with_its_connection_is_published_again_and_persisted_onc
     consumer.stop().await;
     assert_eq!(app.sandbox.row_count().await, 1, "one row for the id");
     assert_eq!(app.get_record(id).await.1["value"], "confirm lost");
-    let metrics = svc::metrics::handle().render();
-    assert!(metrics.contains("svc_publish_retries_total"), "{metrics}");
+    let metrics = app.metrics().await;
+    assert!(metrics.contains("svc_publish_retries_total 1"), "{metrics}");
 }
 
 fn with_query(url: &str, query: &str) -> String {
@@ -189,7 +189,6 @@ async fn a_message_redelivered_past_the_delivery_limit_is_dead_lettered_logged_a
     // The database is down, so the consumer holds the message unacknowledged;
     // each time its broker connection drops, the broker takes the message back
     // and counts one more delivery, until it dead-letters it.
-    svc::metrics::handle();
     let broker = FaultProxy::start(&host_port(&amqp_url())).await;
     let database = FaultProxy::start(&host_port(&admin_database_url())).await;
     database.cut();
@@ -239,7 +238,7 @@ async fn a_message_redelivered_past_the_delivery_limit_is_dead_lettered_logged_a
         "the consumer reports the dead letter",
         Duration::from_secs(10),
         || {
-            let rendered = svc::metrics::handle().render();
+            let rendered = consumer.metrics.render();
             let seen = rendered.contains(&gauge) && rendered.contains(&counter);
             async move { seen }
         },

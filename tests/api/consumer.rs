@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use svc::{consume::Consumer, domain::DataMessage, storage::StoreError};
+use svc::{consume::Consumer, domain::DataMessage, metrics::Metrics, storage::StoreError};
 
 use crate::helpers::{RunningConsumer, Sandbox, consumer_settings, eventually, real_parts};
 
@@ -70,7 +70,7 @@ async fn shutdown_commits_and_acknowledges_the_batch_in_hand() {
         &["--batch-size", "1000", "--batch-wait-ms", "60000"],
     );
     let (store, cache) = real_parts(&sandbox);
-    let consumer = RunningConsumer::run(Consumer::new(settings, store, cache));
+    let consumer = RunningConsumer::run(Consumer::new(settings, store, cache, Metrics::new()));
     eventually(
         "the consumer holds every message",
         Duration::from_secs(5),
@@ -96,13 +96,17 @@ async fn the_consumer_serves_its_own_health_and_metrics() {
     let sandbox = Sandbox::new().await;
     let args = sandbox.consume_args(&[]);
     let consumer = svc::consume::build(&args).unwrap();
-    let health = consumer.health();
-    let listener = svc::serve::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = svc::server::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let address = listener.local_addr().unwrap();
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let server = tokio::spawn(svc::consume::serve_health(
+    let settings = svc::server::ServerSettings {
+        header_timeout: Duration::from_secs(5),
+        grace: Duration::from_secs(1),
+    };
+    let server = tokio::spawn(svc::server::serve(
         listener,
-        health,
+        consumer.router(),
+        settings,
         shutdown.clone(),
     ));
     let running = RunningConsumer::run(consumer);

@@ -30,6 +30,7 @@ use svc::{
     consume::{self, Consumer, ConsumerSettings},
     domain::{DataMessage, Record},
     http::AppState,
+    metrics::Metrics,
     queue::Topology,
     queue::{Publisher, RabbitPublisher, publisher::PublisherSettings},
     serve::{self, Application},
@@ -529,6 +530,8 @@ impl Drop for TestApp {
 pub struct RunningConsumer {
     shutdown: CancellationToken,
     task: Option<JoinHandle<()>>,
+    /// The consumer's own registry.
+    pub metrics: Metrics,
 }
 
 impl RunningConsumer {
@@ -540,10 +543,12 @@ impl RunningConsumer {
     pub fn run(consumer: Consumer) -> Self {
         let shutdown = CancellationToken::new();
         let token = shutdown.clone();
+        let metrics = consumer.metrics().clone();
         let task = tokio::spawn(async move { consumer.run(token).await });
         Self {
             shutdown,
             task: Some(task),
+            metrics,
         }
     }
 
@@ -578,7 +583,7 @@ pub fn real_parts(sandbox: &Sandbox) -> (Arc<dyn RecordStore>, Arc<dyn RecordCac
     .unwrap();
     (
         Arc::new(PostgresStore::new(pool)),
-        Arc::new(RedisCache::new(&args.redis, &Default::default()).unwrap()),
+        Arc::new(RedisCache::new(&args.redis.settings(&args.tls), Metrics::new()).unwrap()),
     )
 }
 
@@ -645,23 +650,21 @@ pub async fn app_with_slow_store(extra: &[&str]) -> (TestApp, Arc<CountingStore>
         reads: AtomicUsize::new(0),
     });
     let args = sandbox.serve_args(extra);
-    let state = AppState::new(
-        counting.clone(),
-        cache,
-        publisher(&sandbox),
-        args.max_in_flight as usize,
-    );
+    let state = AppState::new(counting.clone(), cache, publisher(&sandbox), Metrics::new());
     (TestApp::start(sandbox, &args, state), counting, message)
 }
 
 /// A publisher to the sandbox's queues, with one channel.
 pub fn publisher(sandbox: &Sandbox) -> Arc<dyn Publisher> {
-    RabbitPublisher::start(PublisherSettings {
-        url: svc::config::parse_amqp_url(&amqp_url()).unwrap(),
-        tls: Default::default(),
-        topology: sandbox.topology.clone(),
-        channels: 1,
-        window: 256,
-        confirm_timeout: Duration::from_secs(1),
-    })
+    RabbitPublisher::start(
+        PublisherSettings {
+            url: svc::config::parse_amqp_url(&amqp_url()).unwrap(),
+            tls: Default::default(),
+            topology: sandbox.topology.clone(),
+            channels: 1,
+            window: 256,
+            confirm_timeout: Duration::from_secs(1),
+        },
+        Metrics::new(),
+    )
 }

@@ -262,9 +262,9 @@ async fn certificates_that_do_not_verify_are_refused_and_readiness_reports_the_s
         .await;
     let untrusting = servers.serve_args("localhost", &servers.other_ca_file);
     // Time enough for the handshake to fail, not merely to be slow.
-    let mut patient = untrusting.redis.clone();
-    patient.redis_timeout_ms = 5000;
-    let cache = svc::cache::redis::RedisCache::new(&patient, &other).unwrap();
+    let mut patient = untrusting.redis.settings(&untrusting.tls);
+    patient.timeout = Duration::from_secs(5);
+    let cache = svc::cache::redis::RedisCache::new(&patient, svc::metrics::Metrics::new()).unwrap();
     let refused = svc::cache::RecordCache::ping(&cache).await;
     assert_refused(refused.map_err(anyhow::Error::from), "UnknownIssuer");
     let api = Api::start(&untrusting);

@@ -1,19 +1,26 @@
-//! Warm reads answered before routing (`svc::http::Front`): the same answer
-//! as a routed read, only for what it may answer, never around rate
-//! limiting, CORS or the in-flight bound.
+//! Warm reads: one read path under every setting, asking the cache once.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
+use async_trait::async_trait;
 use axum::{
-    Router,
     body::{Body, Bytes},
+    extract::ConnectInfo,
     http::{Request, StatusCode},
-    response::Response,
 };
 use svc::{
-    cache::{RecordCache, tiered::TieredCache},
-    http::{AppState, Front, HttpSettings},
+    cache::{CacheError, Cached, RecordCache, Ticket, tiered::TieredCache},
+    http::{AppState, GuardSettings, HttpSettings},
+    metrics::Metrics,
 };
+use tower::ServiceExt;
 use uuid::Uuid;
 
 use crate::helpers::{Sandbox, TestApp, publisher, real_parts};
@@ -23,170 +30,150 @@ const BODY: &str = r#"{"id":"x","value":"warm","created_at":"2026-12-02T00:00:00
 fn settings() -> HttpSettings {
     HttpSettings {
         request_timeout: Duration::from_secs(5),
-        rate_limit: None,
-        api_keys: Vec::new(),
+        guard: GuardSettings {
+            max_in_flight: 100,
+            ..GuardSettings::default()
+        },
         cors_origins: Vec::new(),
     }
 }
 
-/// A front whose router answers 418 to everything, so that every other
-/// answer is the front's own; with one record in its in-process cache.
-async fn front(sandbox: &Sandbox, settings: &HttpSettings, max_in_flight: usize) -> (Front, Uuid) {
+/// A cache that counts the lookups made through it.
+struct Counted {
+    inner: Arc<dyn RecordCache>,
+    lookups: AtomicUsize,
+}
+
+#[async_trait]
+impl RecordCache for Counted {
+    async fn lookup(&self, id: Uuid) -> Result<Cached, CacheError> {
+        self.lookups.fetch_add(1, Ordering::SeqCst);
+        self.inner.lookup(id).await
+    }
+    async fn store_record(&self, id: Uuid, body: Bytes) -> Result<(), CacheError> {
+        self.inner.store_record(id, body).await
+    }
+    fn mark_pending(&self, id: Uuid) -> Ticket {
+        self.inner.mark_pending(id)
+    }
+    async fn clear_pending(&self, id: Uuid) -> Result<(), CacheError> {
+        self.inner.clear_pending(id).await
+    }
+    async fn store_persisted(&self, records: &[(Uuid, Bytes)]) -> Result<(), CacheError> {
+        self.inner.store_persisted(records).await
+    }
+    async fn ping(&self) -> Result<(), CacheError> {
+        self.inner.ping().await
+    }
+}
+
+/// The API's router with one record in its in-process cache and none in
+/// the database, so only the cache can answer it.
+async fn api(
+    sandbox: &Sandbox,
+    settings: &HttpSettings,
+) -> (axum::Router, Arc<Counted>, Metrics, Uuid) {
+    let metrics = Metrics::new();
     let (store, redis) = real_parts(sandbox);
-    let cache = Arc::new(TieredCache::new(redis, 1 << 20));
+    let cache = Arc::new(Counted {
+        inner: Arc::new(TieredCache::new(redis, 1 << 20, metrics.clone())),
+        lookups: AtomicUsize::new(0),
+    });
     let id = Uuid::now_v7();
     cache
         .store_record(id, Bytes::from_static(BODY.as_bytes()))
         .await
         .unwrap();
-    let state = AppState::new(store, cache, publisher(sandbox), max_in_flight);
-    let routed = Router::new().fallback(|| async { StatusCode::IM_A_TEAPOT });
-    (Front::api(routed, state, settings), id)
+    let state = AppState::new(store, cache.clone(), publisher(sandbox), metrics.clone());
+    (svc::http::router(state, settings), cache, metrics, id)
 }
 
-async fn send(front: &Front, method: &str, path: &str) -> Response {
-    let request = Request::builder()
-        .method(method)
-        .uri(path)
-        .body(Body::empty())
-        .unwrap();
-    front.call(request).await.unwrap()
-}
-
-#[tokio::test]
-async fn a_cached_record_is_answered_before_routing_and_anything_else_is_routed() {
-    let sandbox = Sandbox::new().await;
-    let (front, id) = front(&sandbox, &settings(), 100).await;
-
-    let warm = send(&front, "GET", &format!("/data/{id}")).await;
-    assert_eq!(warm.status(), StatusCode::OK);
-    assert_eq!(warm.headers()["content-type"], "application/json");
-    let request_id = warm.headers()["x-request-id"].to_str().unwrap();
-    assert!(Uuid::try_parse(request_id).is_ok(), "{request_id}");
-    let body = axum::body::to_bytes(warm.into_body(), 1 << 16)
-        .await
-        .unwrap();
-    assert_eq!(body, BODY.as_bytes());
-
-    let with_query = send(&front, "GET", &format!("/data/{id}?fields=all")).await;
-    assert_eq!(
-        with_query.status(),
-        StatusCode::OK,
-        "the query plays no part in routing either"
-    );
-
-    let routed = [
-        ("GET", format!("/data/{}", Uuid::now_v7())), // not in memory
-        ("HEAD", format!("/data/{id}")),
-        ("POST", format!("/data/{id}")),
-        ("GET", format!("/data/{id}/more")),
-        ("GET", format!("/data/%7B{id}%7D")),
-        ("GET", "/data/not-a-uuid".to_owned()),
-        ("GET", format!("/other/{id}")),
-    ];
-    for (method, path) in routed {
-        let response = send(&front, method, &path).await;
-        assert_eq!(
-            response.status(),
-            StatusCode::IM_A_TEAPOT,
-            "{method} {path}"
-        );
-    }
+fn read(path: &str) -> Request<Body> {
+    let mut request = Request::get(path).body(Body::empty()).unwrap();
+    // What the server adds to every request, for the rate limiter.
+    let peer: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    request.extensions_mut().insert(ConnectInfo(peer));
+    request
 }
 
 #[tokio::test]
-async fn the_callers_request_id_is_answered_back_on_a_warm_read() {
+async fn a_warm_read_takes_the_same_path_and_asks_the_cache_once_under_every_setting() {
     let sandbox = Sandbox::new().await;
-    let (front, id) = front(&sandbox, &settings(), 100).await;
-    let request = Request::get(format!("/data/{id}"))
-        .header("x-request-id", "trace-warm-1")
-        .body(Body::empty())
-        .unwrap();
-    let response = front.call(request).await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    assert_eq!(response.headers()["x-request-id"], "trace-warm-1");
-}
-
-#[tokio::test]
-async fn with_rate_limiting_or_cors_every_read_is_routed() {
-    let sandbox = Sandbox::new().await;
-    let limited = HttpSettings {
-        rate_limit: Some((1000, 1000)),
-        ..settings()
-    };
+    let mut limited = settings();
+    limited.guard.rate_limit = Some((1000.try_into().unwrap(), 1000.try_into().unwrap()));
     let cors = HttpSettings {
         cors_origins: vec!["https://app.example.com".into()],
         ..settings()
     };
-    for settings in [limited, cors] {
-        let (front, id) = front(&sandbox, &settings, 100).await;
-        let response = send(&front, "GET", &format!("/data/{id}")).await;
-        assert_eq!(response.status(), StatusCode::IM_A_TEAPOT, "{settings:?}");
-    }
-}
-
-#[tokio::test]
-async fn at_capacity_a_read_is_shed_with_a_503_like_a_routed_one() {
-    let sandbox = Sandbox::new().await;
-    let (front, id) = front(&sandbox, &settings(), 0).await;
-    for path in [format!("/data/{id}"), format!("/data/{}", Uuid::now_v7())] {
-        let response = send(&front, "GET", &path).await;
-        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "{path}");
-        assert_eq!(response.headers()["retry-after"], "1");
-        assert_eq!(response.headers()["content-type"], svc::http::PROBLEM_JSON);
+    for settings in [settings(), limited, cors] {
+        let (api, cache, metrics, id) = api(&sandbox, &settings).await;
+        let response = api.oneshot(read(&format!("/data/{id}"))).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{settings:?}");
         assert!(response.headers().contains_key("x-request-id"));
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        assert_eq!(body, BODY.as_bytes());
+        assert_eq!(cache.lookups.load(Ordering::SeqCst), 1, "{settings:?}");
+        let text = metrics.render();
+        assert!(text.contains("svc_cache_memory_hits_total 1"), "{text}");
+        assert!(text.contains("svc_cache_hits_total 1"), "{text}");
     }
 }
 
-/// One metric's value in the Prometheus text.
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
+#[tokio::test]
+async fn a_cold_read_asks_the_cache_once_then_the_database() {
+    let sandbox = Sandbox::new().await;
+    let (api, cache, metrics, _) = api(&sandbox, &settings()).await;
+    let unknown = Uuid::now_v7();
+    let response = api
+        .oneshot(read(&format!("/data/{unknown}")))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert_eq!(cache.lookups.load(Ordering::SeqCst), 1);
+    assert!(metrics.render().contains("svc_cache_misses_total 1"));
 }
 
 #[tokio::test]
-async fn through_the_server_a_warm_read_answers_and_is_measured_as_the_routed_one() {
+async fn at_capacity_a_read_is_shed_with_a_503_problem() {
+    let sandbox = Sandbox::new().await;
+    let mut full = settings();
+    full.guard.max_in_flight = 0;
+    let (api, _, metrics, id) = api(&sandbox, &full).await;
+    let response = api.oneshot(read(&format!("/data/{id}"))).await.unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers()["retry-after"], "1");
+    assert_eq!(response.headers()["content-type"], svc::http::PROBLEM_JSON);
+    assert!(response.headers().contains_key("x-request-id"));
+    assert!(metrics.render().contains("svc_http_shed_total 1"));
+}
+
+#[tokio::test]
+async fn through_the_server_a_read_from_memory_is_measured_under_its_route() {
     let app = TestApp::spawn().await;
-    let before = app.metrics().await;
     let consumer = app.start_consumer(&[]);
     let id = app.accept("answered twice").await;
     let url = app.url(&format!("/data/{id}"));
-
-    // Pending at first; the first 200 is routed (read from Redis or the
-    // database, which puts the body in memory), the next one is warm.
-    let mut routed = None;
+    let mut first = None;
     for _ in 0..400 {
         let response = app.client.get(&url).send().await.unwrap();
         if response.status() == 200 {
-            routed = Some(response);
+            first = Some(response.bytes().await.unwrap());
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     consumer.stop().await;
-    let routed = routed.expect("the record became readable");
-    let warm = app.client.get(&url).send().await.unwrap();
-    assert_eq!(warm.status(), 200);
+    let first = first.expect("the record became readable");
+    // The first 200 put the body in memory; this one is served from there.
+    let second = app.client.get(&url).send().await.unwrap();
+    assert_eq!(second.status(), 200);
+    assert_eq!(second.bytes().await.unwrap(), first);
 
-    let names = |response: &reqwest::Response| {
-        let mut names: Vec<String> = response.headers().keys().map(|k| k.to_string()).collect();
-        names.sort();
-        names
-    };
-    assert_eq!(names(&routed), names(&warm));
-    assert_eq!(
-        routed.headers()["content-type"],
-        warm.headers()["content-type"]
-    );
-    assert_eq!(routed.bytes().await.unwrap(), warm.bytes().await.unwrap());
-
-    let after = app.metrics().await;
-    let ok = r#"http_request_duration_seconds_count{route="/data/{id}",method="GET",status="200"}"#;
-    assert_eq!(metric(&after, ok) - metric(&before, ok), 2.0, "{after}");
-    let memory_hits = "svc_cache_memory_hits_total";
-    assert_eq!(
-        metric(&after, memory_hits) - metric(&before, memory_hits),
-        1.0
-    );
+    let text = app.metrics().await;
+    let ok =
+        r#"http_request_duration_seconds_count{route="/data/{id}",method="GET",status="200"} 2"#;
+    assert!(text.contains(ok), "{text}");
+    assert!(text.contains("svc_cache_memory_hits_total 1"), "{text}");
 }

@@ -219,7 +219,11 @@ async fn a_finished_minutes_pending_markers_are_unlinked_before_they_expire() {
         let () = redis.hset(minute(start), "an id", 1).await.unwrap();
     }
 
-    let cache = svc::cache::redis::RedisCache::new(&args.redis, &Default::default()).unwrap();
+    let cache = svc::cache::redis::RedisCache::new(
+        &args.redis.settings(&args.tls),
+        svc::metrics::Metrics::new(),
+    )
+    .unwrap();
     cache.sweep_pending(now).await.unwrap();
 
     let exists = |start| {

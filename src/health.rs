@@ -1,17 +1,28 @@
-//! `/health/live` and `/health/ready` of the API.
+//! `/health/live` and `/health/ready`, for `svc serve` and `svc consume`
+//! alike: each process says what its broker link is, the rest is the same.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
 use serde::Serialize;
 
-use super::AppState;
 use crate::{cache::RecordCache, storage::RecordStore, telemetry::error_chain};
 
-pub fn router() -> Router<AppState> {
+/// What a process's readiness rests on.
+#[derive(Clone)]
+pub struct Probe {
+    pub store: Arc<dyn RecordStore>,
+    pub cache: Arc<dyn RecordCache>,
+    /// Whether the process's link to the broker is up: serve's publishing
+    /// connection, or the consumer's subscription.
+    pub broker_up: Arc<dyn Fn() -> bool + Send + Sync>,
+}
+
+pub fn router(probe: Probe) -> Router {
     Router::new()
         .route("/health/live", get(live))
         .route("/health/ready", get(ready))
+        .with_state(probe)
 }
 
 /// Longest a readiness probe waits on one dependency.
@@ -49,38 +60,33 @@ pub struct Ready {
 /// The process is running.
 #[utoipa::path(get, path = "/health/live", tag = "health",
     responses((status = 200, description = "Alive", body = Live)))]
-async fn live() -> Json<Live> {
+pub(crate) async fn live() -> Json<Live> {
     Json(Live { status: "ok" })
 }
 
 /// The instance can serve: Postgres and RabbitMQ reachable. Redis down is
-/// `degraded` and still 200, since the cache only adds speed.
+/// `degraded` and still 200, since the cache only adds speed (reads fall
+/// back to Postgres, the consumer skips its write-through).
 #[utoipa::path(get, path = "/health/ready", tag = "health",
     responses(
         (status = 200, description = "Ready (`ok` or `degraded`)", body = Ready),
         (status = 503, description = "Cannot serve: Postgres or RabbitMQ is down", body = Ready),
     ))]
-async fn ready(State(state): State<AppState>) -> (StatusCode, Json<Ready>) {
-    let (postgres, redis) = probe_storage(state.store.as_ref(), state.cache.as_ref()).await;
-    let checks = Checks {
-        postgres,
-        redis,
-        rabbitmq: check(state.publisher.is_connected()),
-    };
-    verdict(checks)
-}
-
-/// Pings Postgres and Redis at once, each within the check timeout. A
-/// failed check is logged with the service and the reason (a certificate
-/// that does not verify, say), so a red probe explains itself.
-pub async fn probe_storage(store: &dyn RecordStore, cache: &dyn RecordCache) -> (Check, Check) {
+pub(crate) async fn ready(State(probe): State<Probe>) -> (StatusCode, Json<Ready>) {
+    // Postgres and Redis are pinged at once, each within the check timeout.
     let (postgres, redis) = tokio::join!(
-        tokio::time::timeout(CHECK_TIMEOUT, store.ping()),
-        tokio::time::timeout(CHECK_TIMEOUT, cache.ping()),
+        tokio::time::timeout(CHECK_TIMEOUT, probe.store.ping()),
+        tokio::time::timeout(CHECK_TIMEOUT, probe.cache.ping()),
     );
-    (probed("postgres", postgres), probed("redis", redis))
+    verdict(Checks {
+        postgres: probed("postgres", postgres),
+        redis: probed("redis", redis),
+        rabbitmq: check((probe.broker_up)()),
+    })
 }
 
+/// A failed check is logged with the service and the reason (a certificate
+/// that does not verify, say), so a red probe explains itself.
 fn probed<E: std::error::Error + 'static>(
     service: &'static str,
     outcome: Result<Result<(), E>, tokio::time::error::Elapsed>,
@@ -102,11 +108,11 @@ fn probed<E: std::error::Error + 'static>(
     }
 }
 
-pub fn check(up: bool) -> Check {
+fn check(up: bool) -> Check {
     if up { Check::Ok } else { Check::Down }
 }
 
-pub fn verdict(checks: Checks) -> (StatusCode, Json<Ready>) {
+fn verdict(checks: Checks) -> (StatusCode, Json<Ready>) {
     let (code, status) = if checks.postgres == Check::Down || checks.rabbitmq == Check::Down {
         (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
     } else if checks.redis == Check::Down {

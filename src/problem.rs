@@ -1,4 +1,4 @@
-//! The one error type of the HTTP edge, answered as `application/problem+json`
+//! The one error answer of every svc listener, as `application/problem+json`
 //! (RFC 9457). Client errors carry a safe, specific `detail`; infrastructure
 //! failures are logged with their cause chain and answered generically.
 
