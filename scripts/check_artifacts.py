@@ -33,7 +33,7 @@ def fail(message: str) -> None:
 def svc_metric_names() -> set[str]:
     """Metric names declared in src/metrics.rs, with Prometheus's histogram suffixes."""
     source = (ROOT / "src" / "metrics.rs").read_text()
-    names = set(re.findall(r'pub const [A-Z_]+: &str = "([a-z_]+)";', source))
+    names = set(re.findall(r'const [A-Z_]+: &str = "([a-z_]+)";', source))
     expanded = set(names)
     for name in names:
         expanded |= {f"{name}_bucket", f"{name}_count", f"{name}_sum"}

@@ -202,7 +202,9 @@ impl TlsArgs {
 /// The primary Postgres database (writes, migrations).
 #[derive(Debug, Clone, Args)]
 pub struct PostgresArgs {
-    /// Postgres connection string of the primary.
+    /// Postgres primary (writes, migrations). TLS as `psql` reads it: `sslmode`
+    /// (`disable`, `prefer`, `require`, `verify-ca`, `verify-full`),
+    /// `sslrootcert`, and `sslcert` with `sslkey` for a client certificate.
     #[arg(long, env = "DATABASE_URL", value_parser = parse_postgres_url)]
     pub database_url: SecretUrl,
 
@@ -236,7 +238,7 @@ impl PostgresArgs {
 /// The Redis cache.
 #[derive(Debug, Clone, Args)]
 pub struct RedisArgs {
-    /// Redis connection string.
+    /// Redis: `redis://`, or `rediss://` for TLS; `user:password@` for an ACL user.
     #[arg(long, env = "REDIS_URL", value_parser = parse_redis_url)]
     pub redis_url: SecretUrl,
 
@@ -286,7 +288,9 @@ pub struct TopologyArgs {
 /// The RabbitMQ broker.
 #[derive(Debug, Clone, Args)]
 pub struct AmqpArgs {
-    /// AMQP connection string.
+    /// RabbitMQ: `amqp://`, or `amqps://` for TLS. The query parameters
+    /// `heartbeat` (s), `frame_max`, `channel_max` and `connection_timeout`
+    /// (ms) are honoured.
     #[arg(long, env = "AMQP_URL", value_parser = parse_amqp_url)]
     pub amqp_url: SecretUrl,
 
@@ -304,7 +308,8 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub postgres: PostgresArgs,
 
-    /// Postgres used for reads (a replica or PgBouncer); defaults to DATABASE_URL.
+    /// Postgres for reads (a replica, or PgBouncer in transaction pooling
+    /// mode); defaults to `DATABASE_URL`. TLS as `DATABASE_URL`.
     #[arg(long, env = "DATABASE_READ_URL", value_parser = parse_postgres_url)]
     pub database_read_url: Option<SecretUrl>,
 

@@ -20,6 +20,7 @@ pub mod problem;
 pub mod queue;
 pub mod serve;
 pub mod server;
+pub mod settings_doc;
 pub mod shutdown;
 pub mod singleflight;
 pub mod storage;

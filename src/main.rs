@@ -23,11 +23,11 @@ const COLLECT_EVERY: Duration = Duration::from_secs(1);
 /// Called each time a worker thread runs out of work: at most once per
 /// `COLLECT_EVERY` on each thread, mimalloc takes in the blocks other
 /// threads freed on this thread's pages and gives emptied pages back to the
-/// system. mimalloc does that work only while a thread allocates, so a
-/// worker gone quiet after a surge kept what the surge took: serve stayed
-/// at 106–125 MiB for 10 s after 5,000 writing connections closed (now
-/// 28–35 MiB), and the next 1,000 writing connections took it to 100–106
-/// MiB (now 53–61; docs/PERFORMANCE.md). No cost seen in requests/s.
+/// system. mimalloc does that work only while a thread allocates, so without
+/// this a worker gone quiet after a surge keeps what the surge took: about
+/// three times the resident memory 10 s after 5,000 writing connections
+/// close (docs/PERFORMANCE.md, "Decisions measurement drove"), at no cost
+/// seen in requests/s.
 fn collect_when_idle() {
     thread_local! {
         static COLLECTED: Cell<Option<Instant>> = const { Cell::new(None) };

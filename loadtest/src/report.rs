@@ -12,7 +12,7 @@ use crate::{
     measure::{PhaseSummary, TimelinePoint},
 };
 
-/// Everything `summary.json` holds; its schema is documented in the README.
+/// Everything `summary.json` holds; its schema is documented in docs/LOADTEST.md.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     /// Version of this document's layout.

@@ -85,7 +85,7 @@ pub struct ConfirmLink {
     /// broker: with a thousand writes in flight, a broker holding all of
     /// them confirms them out of step (some twice as late as the rest),
     /// while one holding a few hundred keeps the same pace and confirms in
-    /// turn (docs/PERFORMANCE.md, "The publish window").
+    /// turn (docs/PERFORMANCE.md, "Decisions measurement drove").
     window: Semaphore,
     /// Wakes the publishes waiting for a turn when the broker blocks.
     blocking: Arc<Notify>,
