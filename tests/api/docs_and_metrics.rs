@@ -1,6 +1,6 @@
 //! `/metrics`, `/openapi.json` and `/docs`.
 
-use crate::helpers::TestApp;
+use crate::helpers::{TestApp, metric};
 
 #[tokio::test]
 async fn metrics_show_request_latency_histograms_cache_and_publish_figures() {
@@ -12,17 +12,29 @@ async fn metrics_show_request_latency_histograms_cache_and_publish_figures() {
     consumer.stop().await;
 
     let text = app.metrics().await;
-    for needle in [
-        "# TYPE http_request_duration_seconds histogram",
-        r#"http_request_duration_seconds_bucket{route="/data/{id}",method="GET",status="200",le="0.5"}"#,
-        r#"route="/data",method="POST",status="202""#,
-        "http_requests_in_flight",
-        "svc_cache_hits_total",
-        "svc_cache_misses_total",
-        "# TYPE svc_publish_duration_seconds histogram",
+    assert!(text.contains("# TYPE http_request_duration_seconds histogram"));
+    assert!(text.contains("# TYPE svc_publish_duration_seconds histogram"));
+    // Each figure counts what this test did, and only that: the registry
+    // belongs to this app.
+    for (series, at_least) in [
+        (
+            r#"http_request_duration_seconds_bucket{route="/data/{id}",method="GET",status="200",le="0.5"}"#,
+            1.0,
+        ),
+        ("svc_cache_hits_total", 1.0),
+        ("svc_publish_duration_seconds_count", 1.0),
     ] {
-        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+        assert!(metric(&text, series) >= at_least, "{series} in:\n{text}");
     }
+    assert_eq!(
+        metric(
+            &text,
+            r#"http_request_duration_seconds_count{route="/data",method="POST",status="202"}"#
+        ),
+        1.0
+    );
+    // The scrape itself is the one request in flight.
+    assert_eq!(metric(&text, "http_requests_in_flight"), 1.0, "{text}");
 }
 
 #[tokio::test]

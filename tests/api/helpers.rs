@@ -81,6 +81,14 @@ where
     panic!("{what} did not happen within {within:?}");
 }
 
+/// The value of one series (`name{labels}` exactly as rendered) in a
+/// Prometheus text; 0 when the series is absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// An address where nothing listens: a dependency that is down.
 pub const DEAD_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:1/%2f";
 pub const DEAD_REDIS_URL: &str = "redis://127.0.0.1:1";

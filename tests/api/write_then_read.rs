@@ -5,7 +5,7 @@ use std::{sync::atomic::Ordering, time::Duration};
 use redis::AsyncCommands;
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, app_with_slow_store};
+use crate::helpers::{TestApp, app_with_slow_store, metric};
 
 /// Pending markers of concurrent writes are written together in batches;
 /// each 202 still waits for its own marker, so every id reads as pending at once.
@@ -112,7 +112,11 @@ async fn a_record_read_once_is_then_served_from_memory() {
     let refilled: bool = redis.exists(&key).await.unwrap();
     assert!(!refilled, "served from memory, Redis untouched");
     let metrics = app.metrics().await;
-    assert!(metrics.contains("svc_cache_memory_hits_total"));
+    assert_eq!(
+        metric(&metrics, "svc_cache_memory_hits_total"),
+        1.0,
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
