@@ -91,9 +91,31 @@ pub struct LoadtestArgs {
     /// Timeout of one request, in seconds; a request past it counts as a timeout error.
     #[arg(long, default_value_t = 10)]
     pub request_timeout_secs: u64,
+
+    /// Most runs in all when only latency gates (SLO, degradation) fail:
+    /// two failed runs with the host quiet fail, a pass ends it (1: one run).
+    /// Earlier runs' reports are kept in `run-1/`, `run-2/`, ...
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+    pub confirm_runs: u32,
+
+    /// A run during which the host took this many cores or more does not count towards a fail.
+    #[arg(long, default_value_t = 0.1)]
+    pub max_stolen_cores: f64,
+
+    /// A run during which a disk sync took this long (ms) or more does not count towards a fail.
+    #[arg(long, default_value_t = 250.0)]
+    pub max_disk_sync_ms: f64,
 }
 
 impl LoadtestArgs {
+    pub fn confirm_policy(&self) -> crate::confirm::ConfirmPolicy {
+        crate::confirm::ConfirmPolicy {
+            max_runs: self.confirm_runs,
+            max_stolen_cores: self.max_stolen_cores,
+            max_disk_sync_ms: self.max_disk_sync_ms,
+        }
+    }
+
     pub fn think_time(&self) -> (Duration, Duration) {
         (
             Duration::from_millis(*self.think_time_ms.start()),

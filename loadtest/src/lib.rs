@@ -7,11 +7,15 @@
 //! degradation from baseline to load, error rate, durability), prints a
 //! table and a verdict, and writes `summary.json` and `report.html`.
 //!
+//! With `--confirm-runs`, a run that failed only latency gates is measured
+//! again before its verdict is believed (`confirm`).
+//!
 //! [`run`] returns the [`Outcome`]; its exit code is 0 (every gate holds),
 //! 1 (a gate failed) or 2 (the run could not be made).
 
 mod args;
 mod checks;
+mod confirm;
 mod disk;
 mod gates;
 mod measure;
@@ -20,7 +24,7 @@ mod report;
 mod system;
 mod workload;
 
-use std::{sync::Arc, time::Duration};
+use std::{path::Path, sync::Arc, time::Duration};
 
 pub use args::LoadtestArgs;
 pub use checks::Durability;
@@ -29,6 +33,7 @@ pub use measure::{EndpointSummary, PhaseSummary};
 pub use mix::{Endpoint, Mix};
 pub use report::Summary;
 
+use confirm::{Confirmation, Next};
 use workload::{Ledger, LoadModel, PhasePlan, run_phase};
 
 /// How a run ended.
@@ -60,37 +65,106 @@ impl Outcome {
 }
 
 /// Runs the whole load test, printing progress to stderr and the table and
-/// verdict to stdout.
+/// verdict to stdout; measures again as `--confirm-runs` allows.
 pub async fn run(args: LoadtestArgs) -> Outcome {
-    match try_run(&args).await {
-        Ok(outcome) => outcome,
-        Err(err) => Outcome::NotRun(format!("{err:#}")),
+    let policy = args.confirm_policy();
+    let mut confirmation = Confirmation::default();
+    loop {
+        let summary = match measure_once(&args).await {
+            Ok(summary) => summary,
+            Err(err) => return Outcome::NotRun(format!("{err:#}")),
+        };
+        match confirmation.after(&summary, &policy) {
+            Next::Stop(why) => {
+                if let Some(why) = why {
+                    println!("loadtest: {why}");
+                }
+                return if summary.verdict == "pass" {
+                    Outcome::Passed(Box::new(summary))
+                } else {
+                    Outcome::Failed(Box::new(summary))
+                };
+            }
+            Next::Again(why) => {
+                let earlier = args.report_dir.join(format!("run-{}", confirmation.runs()));
+                if let Err(err) = keep_reports(&args.report_dir, &earlier) {
+                    return Outcome::NotRun(format!(
+                        "cannot keep the report in {}: {err}",
+                        earlier.display()
+                    ));
+                }
+                println!(
+                    "loadtest: {why} (that run's report is in {})",
+                    earlier.display()
+                );
+            }
+        }
     }
 }
 
-async fn try_run(args: &LoadtestArgs) -> anyhow::Result<Outcome> {
-    let open_files = system::raise_open_file_limit();
-    if open_files < u64::from(args.users) + 256 {
-        tracing::warn!(
-            open_files,
-            users = args.users,
-            "the open-file limit may be too low for this many users"
-        );
-    }
-    std::fs::create_dir_all(&args.report_dir)
-        .map_err(|err| anyhow::anyhow!("cannot create {}: {err}", args.report_dir.display()))?;
-    let host = args.host.trim_end_matches('/').to_owned();
-    let started_at = time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
-    let client = checks::client(Duration::from_secs(args.request_timeout_secs));
-    checks::reachable(&client, &host).await?;
-
+/// One run: seed, the two phases, the durability check, the gates, the
+/// table and the report files.
+async fn measure_once(args: &LoadtestArgs) -> anyhow::Result<Summary> {
+    let target = Target::prepare(args).await?;
     let ledger = Arc::new(Ledger::default());
-    let seeded = checks::seed(&client, &host, args.seed_records, &ledger).await;
+    seed(args, &target, &ledger).await;
+    let (phases, model) = run_phases(args, &target, &ledger).await?;
+    eprintln!(
+        "loadtest: checking that every accepted write is readable (up to {} s)",
+        args.drain_secs
+    );
+    let durability = checks::wait_until_readable(
+        &target.client,
+        &target.host,
+        ledger.accepted(),
+        Duration::from_secs(args.drain_secs),
+    )
+    .await;
+    let summary = judge(args, target, model, phases, durability);
+    report(args, &summary)?;
+    Ok(summary)
+}
+
+/// The API under test, found reachable, and where the report goes.
+struct Target {
+    host: String,
+    client: reqwest::Client,
+    started_at: String,
+}
+
+impl Target {
+    async fn prepare(args: &LoadtestArgs) -> anyhow::Result<Self> {
+        let open_files = system::raise_open_file_limit();
+        if open_files < u64::from(args.users) + 256 {
+            tracing::warn!(
+                open_files,
+                users = args.users,
+                "the open-file limit may be too low for this many users"
+            );
+        }
+        std::fs::create_dir_all(&args.report_dir)
+            .map_err(|err| anyhow::anyhow!("cannot create {}: {err}", args.report_dir.display()))?;
+        let host = args.host.trim_end_matches('/').to_owned();
+        let client = checks::client(Duration::from_secs(args.request_timeout_secs));
+        checks::reachable(&client, &host).await?;
+        Ok(Self {
+            host,
+            client,
+            started_at: time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default(),
+        })
+    }
+}
+
+/// Writes `--seed-records` records for the GETs to read, and waits (a
+/// while) until they are readable.
+async fn seed(args: &LoadtestArgs, target: &Target, ledger: &Arc<Ledger>) {
+    let seeded = checks::seed(&target.client, &target.host, args.seed_records, ledger).await;
     eprintln!("loadtest: seeded {seeded} of {} records", args.seed_records);
     let settle = Duration::from_secs(args.drain_secs.min(30));
-    let seeds = checks::wait_until_readable(&client, &host, ledger.accepted(), settle).await;
+    let seeds =
+        checks::wait_until_readable(&target.client, &target.host, ledger.accepted(), settle).await;
     if !seeds.lost.is_empty() {
         eprintln!(
             "loadtest: {} seeded records not readable after {:.0} s; going on (the durability gate will judge)",
@@ -98,7 +172,14 @@ async fn try_run(args: &LoadtestArgs) -> anyhow::Result<Outcome> {
             seeds.drained_after_secs
         );
     }
+}
 
+/// The baseline phase, then the load phase; and the load model's name.
+async fn run_phases(
+    args: &LoadtestArgs,
+    target: &Target,
+    ledger: &Arc<Ledger>,
+) -> anyhow::Result<(Vec<PhaseSummary>, &'static str)> {
     let (baseline_model, load_model, model) = match args.rate {
         Some(rate) => (
             LoadModel::Open {
@@ -118,7 +199,7 @@ async fn try_run(args: &LoadtestArgs) -> anyhow::Result<Outcome> {
     };
     let plan = |name: &'static str, users: u32, secs: u64, load: LoadModel| PhasePlan {
         name,
-        host: host.clone(),
+        host: target.host.clone(),
         users,
         hatch_rate: args.hatch_rate,
         warmup: Duration::from_secs(args.warmup_secs),
@@ -161,19 +242,17 @@ async fn try_run(args: &LoadtestArgs) -> anyhow::Result<Outcome> {
         };
         phases.push(phase);
     }
+    Ok((phases, model))
+}
 
-    eprintln!(
-        "loadtest: checking that every accepted write is readable (up to {} s)",
-        args.drain_secs
-    );
-    let durability = checks::wait_until_readable(
-        &client,
-        &host,
-        ledger.accepted(),
-        Duration::from_secs(args.drain_secs),
-    )
-    .await;
-
+/// Every gate, judged on the phases and the durability check.
+fn judge(
+    args: &LoadtestArgs,
+    target: Target,
+    model: &'static str,
+    phases: Vec<PhaseSummary>,
+    durability: Durability,
+) -> Summary {
     let limits = Limits {
         slo_ms: args.slo_ms,
         max_degradation: args.max_degradation,
@@ -183,10 +262,10 @@ async fn try_run(args: &LoadtestArgs) -> anyhow::Result<Outcome> {
     };
     let gates = gates::evaluate(&phases[0], &phases[1], &durability, &limits);
     let passed = gates.iter().all(|g| g.passed);
-    let summary = Summary {
+    Summary {
         schema: 1,
-        host,
-        started_at,
+        host: target.host,
+        started_at: target.started_at,
         model,
         mix: args.mix.to_string(),
         limits,
@@ -194,8 +273,11 @@ async fn try_run(args: &LoadtestArgs) -> anyhow::Result<Outcome> {
         durability,
         gates,
         verdict: if passed { "pass" } else { "fail" },
-    };
+    }
+}
 
+/// The table and verdict on stdout; `summary.json` and `report.html`.
+fn report(args: &LoadtestArgs, summary: &Summary) -> anyhow::Result<()> {
     println!("{}", report::table(&summary.phases));
     print!("{}", report::verdict_lines(&summary.gates));
     if !summary.durability.lost.is_empty() {
@@ -205,17 +287,28 @@ async fn try_run(args: &LoadtestArgs) -> anyhow::Result<Outcome> {
         }
     }
     println!("verdict: {}", summary.verdict.to_uppercase());
-    report::write_files(&args.report_dir, &summary).map_err(|err| {
+    report::write_files(&args.report_dir, summary).map_err(|err| {
         anyhow::anyhow!(
             "cannot write the report to {}: {err}",
             args.report_dir.display()
         )
     })?;
     println!("report: {}", args.report_dir.join("report.html").display());
+    Ok(())
+}
 
-    Ok(if passed {
-        Outcome::Passed(Box::new(summary))
-    } else {
-        Outcome::Failed(Box::new(summary))
-    })
+/// Moves a run's `summary.json` and HTML reports from `dir` into `earlier`.
+fn keep_reports(dir: &Path, earlier: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(earlier)?;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
+        if name == "summary.json" || name.ends_with(".html") {
+            std::fs::rename(&path, earlier.join(name))?;
+        }
+    }
+    Ok(())
 }

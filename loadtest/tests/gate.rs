@@ -207,6 +207,25 @@ async fn a_server_taking_600_ms_fails_the_slo() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_server_is_measured_again_and_fails_twice_when_confirmation_is_on() {
+    let address = start(Behaviour::Slow(Duration::from_millis(600))).await;
+    let dir = tempdir::TempDir::new();
+    let mut args = args(&format!("http://{address}"), dir.path());
+    args.confirm_runs = 3;
+    // Whatever this machine's host does, every run counts.
+    args.max_stolen_cores = f64::INFINITY;
+    args.max_disk_sync_ms = f64::INFINITY;
+    let outcome = svc_loadtest::run(args).await;
+    assert_eq!(outcome.exit_code(), 1);
+    assert_eq!(failed_gates(&outcome), HashSet::from([GateKind::Slo]));
+    // The first run's report was kept aside; the second failed run ended it.
+    assert!(dir.path().join("run-1").join("summary.json").exists());
+    assert!(dir.path().join("run-1").join("report.html").exists());
+    assert!(!dir.path().join("run-2").exists());
+    assert!(dir.path().join("summary.json").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_slowing_with_concurrency_fails_degradation() {
     let (outcome, _dir) = run_against(Behaviour::Crowded {
         per_request_in_flight: Duration::from_millis(4),

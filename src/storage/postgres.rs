@@ -90,10 +90,6 @@ impl PostgresStore {
         }
     }
 
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
     /// Runs a read. Without prepared statements, the unnamed statement takes
     /// two round trips (parse and describe, then bind and execute); behind a
     /// transaction pooler only an explicit transaction keeps both on the same
