@@ -13,9 +13,8 @@ KUBERNETES_VALIDATE_VERSION=1.37.0
 CHECK_JSONSCHEMA_VERSION=0.39.0
 PIP_TOOLS=(kubernetes-validate==$KUBERNETES_VALIDATE_VERSION check-jsonschema==$CHECK_JSONSCHEMA_VERSION PyYAML jsonschema)
 
-log() { printf 'check-deploy: %s\n' "$*" >&2; }
-die() { log "$*"; exit 1; }
-as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
+SCRIPT=check-deploy
+source scripts/lib.sh
 
 ensure_tools() {
     local packages=()

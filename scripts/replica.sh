@@ -19,9 +19,8 @@ BOUNCER_PORT=${SVC_PGBOUNCER_PORT:-6432}
 DIR=${SVC_REPLICA_DIR:-/var/tmp/svc-read-path}
 DATA=$DIR/replica
 
-log() { printf 'replica: %s\n' "$*" >&2; }
-die() { log "$*"; exit 1; }
-answers() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+SCRIPT=replica
+source "$(dirname "$0")/lib.sh"
 as_postgres() { runuser -u postgres -- "$@"; }
 primary() { psql -h 127.0.0.1 -p "$PRIMARY_PORT" -U postgres -AtqX "$@"; }
 
@@ -48,8 +47,7 @@ stop() {
 
 ensure_packages() {
     command -v pgbouncer >/dev/null && return 0
-    log "installing pgbouncer"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null
+    install_packages pgbouncer
 }
 
 # Loopback replication connections, trusted like every other local connection here.

@@ -11,34 +11,8 @@ REDIS_PORT=6379
 AMQP_PORT=5672
 DATABASE=${SVC_DATABASE_NAME:-svc}
 
-log() { printf 'services: %s\n' "$*" >&2; }
-die() { log "$*"; exit 1; }
-
-answers() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-wait_for() { # name port seconds
-    local name=$1 port=$2 deadline=$((SECONDS + $3))
-    until answers "$port"; do
-        ((SECONDS < deadline)) || die "$name does not answer on 127.0.0.1:$port"
-        sleep 0.5
-    done
-    log "$name answers on 127.0.0.1:$port"
-}
-
-as_root() {
-    if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi
-}
-
-APT_UPDATED=0
-install_packages() {
-    command -v apt-get >/dev/null || die "cannot install $*: no apt-get (install them by hand)"
-    if ((APT_UPDATED == 0)); then
-        as_root apt-get update -qq
-        APT_UPDATED=1
-    fi
-    log "installing $*"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-}
+SCRIPT=services
+source "$(dirname "$0")/lib.sh"
 
 ensure_postgres() {
     answers $PG_PORT && return 0

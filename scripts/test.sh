@@ -17,8 +17,8 @@ cd "$(dirname "$0")/.."
 COVERAGE=${SVC_COVERAGE:-1}
 COVERAGE_MIN=${SVC_COVERAGE_MIN:-80}
 
-log() { printf 'test: %s\n' "$*" >&2; }
-as_root() { if [[ $(id -u) -eq 0 ]]; then "$@"; else sudo "$@"; fi; }
+SCRIPT=test
+source scripts/lib.sh
 
 # Finds the LLVM tools matching rustc (rustup's llvm-tools, or the
 # distribution's llvm-N exported as LLVM_COV/LLVM_PROFDATA) and makes sure
@@ -28,15 +28,14 @@ coverage_tools() {
         local major
         major=$(rustc -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
         if ! command -v "llvm-cov-$major" >/dev/null; then
-            log "installing llvm-$major for coverage"
-            as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "llvm-$major" >/dev/null || return 1
+            install_packages "llvm-$major" || return 1
         fi
         LLVM_COV=$(command -v "llvm-cov-$major")
         LLVM_PROFDATA=$(command -v "llvm-profdata-$major")
         export LLVM_COV LLVM_PROFDATA
     fi # else rustup's own llvm-tools, which cargo-llvm-cov finds by itself
     if ! cargo llvm-cov --version >/dev/null 2>&1; then
-        log "installing cargo-llvm-cov"
+        log "installing cargo-llvm-cov (cargo install, into ~/.cargo/bin)"
         cargo install --locked --quiet cargo-llvm-cov@0.9.1 || return 1
     fi
 }

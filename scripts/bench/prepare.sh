@@ -4,11 +4,9 @@
 # queues and keys named $NAME (scripts/fresh.sh).
 #   NAME and TOOLS (Debian package names, each also its command) must be set.
 
+source scripts/lib.sh
 for tool in $TOOLS; do
-    if ! command -v "$tool" >/dev/null; then
-        echo "$(basename "$0"): installing $tool" >&2
-        if [[ $(id -u) -eq 0 ]]; then apt-get install -y -qq "$tool" >/dev/null; else sudo apt-get install -y -qq "$tool" >/dev/null; fi
-    fi
+    command -v "$tool" >/dev/null || install_packages "$tool"
 done
 scripts/services.sh
 cargo build --release --locked --bin svc --examples
