@@ -285,6 +285,12 @@ pub struct TopologyArgs {
     pub delivery_limit: u32,
 }
 
+impl TopologyArgs {
+    pub fn topology(&self) -> crate::queue::Topology {
+        crate::queue::Topology::new(&self.queue_prefix, self.delivery_limit)
+    }
+}
+
 /// The RabbitMQ broker.
 #[derive(Debug, Clone, Args)]
 pub struct AmqpArgs {
@@ -428,9 +434,18 @@ pub struct ConsumeArgs {
 }
 
 impl ConsumeArgs {
-    pub fn prefetch(&self) -> u16 {
-        let wanted = self.prefetch.unwrap_or(self.batch_size.saturating_mul(2));
-        u16::try_from(wanted).unwrap_or(u16::MAX)
+    pub fn consumer_settings(&self) -> crate::consume::ConsumerSettings {
+        let prefetch = self.prefetch.unwrap_or(self.batch_size.saturating_mul(2));
+        crate::consume::ConsumerSettings {
+            amqp_url: self.amqp.amqp_url.clone(),
+            tls: self.tls.settings(),
+            topology: self.amqp.topology.topology(),
+            batch_size: self.batch_size as usize,
+            batch_wait: Duration::from_millis(self.batch_wait_ms),
+            prefetch: u16::try_from(prefetch).unwrap_or(u16::MAX),
+            retry_max_backoff: Duration::from_millis(self.retry_max_backoff_ms),
+            queue_watch: Duration::from_millis(self.queue_watch_ms),
+        }
     }
 }
 

@@ -29,12 +29,7 @@ pub async fn run(args: MigrateArgs) -> anyhow::Result<()> {
         .amqp_url
         .as_ref()
         .context("AMQP_URL is required to declare the topology")?;
-    declare_topology(
-        amqp_url,
-        &args.tls.settings(),
-        &Topology::from_args(&args.topology),
-    )
-    .await?;
+    declare_topology(amqp_url, &args.tls.settings(), &args.topology.topology()).await?;
     Ok(())
 }
 

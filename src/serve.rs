@@ -14,7 +14,7 @@ use crate::{
     config::ServeArgs,
     http::{self, AppState, GuardSettings, HttpSettings},
     metrics::Metrics,
-    queue::{RabbitPublisher, Topology, publisher::PublisherSettings},
+    queue::{RabbitPublisher, publisher::PublisherSettings},
     server::{self, ServerSettings},
     storage::postgres::{PostgresStore, connect_lazy},
 };
@@ -42,7 +42,7 @@ pub fn components(args: &ServeArgs) -> anyhow::Result<AppState> {
         PublisherSettings {
             url: args.amqp.amqp_url.clone(),
             tls: args.tls.settings(),
-            topology: Topology::from_args(&args.amqp.topology),
+            topology: args.amqp.topology.topology(),
             channels: args.publish_channels,
             window: args.publish_window,
             confirm_timeout: Duration::from_millis(args.publish_timeout_ms),

@@ -1,6 +1,7 @@
 //! Coalesces concurrent work on the same key: while one caller computes the
 //! value, the others with that key wait for its result instead of repeating
 //! the work. Used so a burst of cache misses for one id is one query.
+//! Small enough to own: a map of `OnceCell`s, with its tests below.
 
 use std::{
     collections::HashMap,

@@ -2,6 +2,8 @@
 //! skipped outright for a cooldown, so a dead or hanging Redis costs
 //! requests nothing instead of a timeout each. After the cooldown one call
 //! goes through as a trial; its success closes the circuit again.
+//! Hand-written: tower-resilience's breaker wraps a tower `Service`, and the
+//! cache is a trait of async methods, not a service.
 
 use std::{
     sync::{

@@ -68,21 +68,6 @@ pub struct ConsumerSettings {
     pub queue_watch: Duration,
 }
 
-impl ConsumerSettings {
-    pub fn from_args(args: &ConsumeArgs) -> Self {
-        Self {
-            amqp_url: args.amqp.amqp_url.clone(),
-            tls: args.tls.settings(),
-            topology: Topology::from_args(&args.amqp.topology),
-            batch_size: args.batch_size as usize,
-            batch_wait: Duration::from_millis(args.batch_wait_ms),
-            prefetch: args.prefetch(),
-            retry_max_backoff: Duration::from_millis(args.retry_max_backoff_ms),
-            queue_watch: Duration::from_millis(args.queue_watch_ms),
-        }
-    }
-}
-
 pub struct Consumer {
     settings: ConsumerSettings,
     store: Arc<dyn RecordStore>,
@@ -390,7 +375,7 @@ pub fn build(args: &ConsumeArgs) -> anyhow::Result<Consumer> {
     let cache = RedisCache::new(&args.redis.settings(&args.tls), metrics.clone())
         .context("cannot configure the cache")?;
     Ok(Consumer::new(
-        ConsumerSettings::from_args(args),
+        args.consumer_settings(),
         Arc::new(PostgresStore::new(pool)),
         Arc::new(cache),
         metrics,

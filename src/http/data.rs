@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::error::Category;
 use uuid::Uuid;
 
-use super::{ApiError, AppState, MAX_BODY_BYTES, Problem};
+use super::{ApiError, AppState, DataState, MAX_BODY_BYTES, Problem, guard::Admitted};
 use crate::{
     cache::Cached,
     domain::{Cursor, DataMessage, Record, validate_value},
@@ -25,7 +25,7 @@ use crate::{
 const RECORD_PREFIX: &str = "/data/";
 
 /// The `/data` routes.
-pub fn router() -> Router<AppState> {
+pub fn router() -> Router<DataState> {
     Router::new()
         .route("/data", post(create).get(list))
         .route("/data/{id}", get(read))
@@ -129,7 +129,11 @@ fn is_json(headers: &HeaderMap) -> bool {
     ),
     operation_id = "create_record"
 )]
-async fn create(State(state): State<AppState>, request: Request) -> Result<Response, ApiError> {
+async fn create(
+    _admitted: Admitted,
+    State(state): State<AppState>,
+    request: Request,
+) -> Result<Response, ApiError> {
     if !is_json(request.headers()) {
         return Err(ApiError::unsupported_media_type());
     }
@@ -234,6 +238,7 @@ pub(crate) enum Loaded {
     operation_id = "read_record"
 )]
 async fn read(
+    _admitted: Admitted,
     State(state): State<AppState>,
     Path(raw_id): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -335,6 +340,7 @@ fn json_body(status: StatusCode, body: Bytes) -> Response {
     operation_id = "list_records"
 )]
 async fn list(
+    _admitted: Admitted,
     State(state): State<AppState>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<Page>, ApiError> {

@@ -4,7 +4,13 @@
 //!   client address (`client_address`);
 //! - API keys for writes, compared in constant time (subtle);
 //! - overload shedding: past `SVC_MAX_IN_FLIGHT` requests in the handlers,
-//!   503 at once (tower's shared concurrency limit and load shedding).
+//!   503 at once (a place is a permit of a Tokio semaphore, taken without
+//!   waiting).
+//!
+//! An extractor ([`Admitted`]) that every `/data` handler takes first,
+//! rather than route layers: a layer boxes the route once more and clones
+//! it on every request, which cost a warm read a tenth of its rate
+//! (`scripts/bench/before-after.sh`).
 
 use std::{
     net::{IpAddr, SocketAddr},
@@ -16,12 +22,8 @@ use std::{
 };
 
 use axum::{
-    Router,
-    error_handling::HandleErrorLayer,
-    extract::{ConnectInfo, Request, State},
-    http::{HeaderMap, Method, header},
-    middleware::{self, Next},
-    response::{IntoResponse, Response},
+    extract::{ConnectInfo, FromRef, FromRequestParts},
+    http::{HeaderMap, Method, header, request::Parts},
 };
 use governor::{
     DefaultKeyedRateLimiter, Quota, RateLimiter,
@@ -29,8 +31,7 @@ use governor::{
 };
 use ipnet::IpNet;
 use subtle::ConstantTimeEq;
-use tokio::sync::Semaphore;
-use tower::{BoxError, ServiceBuilder, limit::GlobalConcurrencyLimitLayer};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::client_address::client_address;
 use crate::{metrics::Metrics, problem::ApiError};
@@ -48,79 +49,59 @@ pub struct GuardSettings {
     pub max_in_flight: usize,
 }
 
-/// Puts every route of `router` behind the guard: the client's rate, then
-/// (for writes) its API key, then a place among those in flight. So neither
-/// floods nor strangers take capacity.
-pub fn guarded<S: Clone + Send + Sync + 'static>(
-    router: Router<S>,
-    settings: &GuardSettings,
-    metrics: &Metrics,
-) -> Router<S> {
-    let guard = Guard {
-        rate_limit: settings.rate_limit.map(|(per_second, burst)| {
-            Arc::new(RateLimit::new(
-                Quota::per_second(per_second).allow_burst(burst),
-            ))
-        }),
-        trusted_proxies: settings.trusted_proxies.clone().into(),
-        api_keys: settings
-            .api_keys
-            .iter()
-            .map(|k| k.expose().as_bytes().into())
-            .collect(),
-        metrics: metrics.clone(),
-    };
-    let shed = metrics.clone();
-    let places = Arc::new(Semaphore::new(settings.max_in_flight));
-    router
-        .route_layer(
-            ServiceBuilder::new()
-                .layer(HandleErrorLayer::new(move |_: BoxError| {
-                    shed.request_shed();
-                    std::future::ready(ApiError::unavailable(
-                        "the server is at capacity; retry shortly",
-                    ))
-                }))
-                .load_shed()
-                .layer(GlobalConcurrencyLimitLayer::with_semaphore(places)),
-        )
-        .route_layer(middleware::from_fn_with_state(guard, admit))
-}
-
-#[derive(Clone)]
-struct Guard {
-    rate_limit: Option<Arc<RateLimit>>,
-    trusted_proxies: Arc<[IpNet]>,
-    api_keys: Arc<[Box<[u8]>]>,
+/// The checks a `/data` request passes before its handler runs.
+pub struct Guard {
+    rate_limit: Option<RateLimit>,
+    trusted_proxies: Vec<IpNet>,
+    api_keys: Vec<Box<[u8]>>,
+    places: Arc<Semaphore>,
     metrics: Metrics,
 }
 
-async fn admit(State(guard): State<Guard>, request: Request, next: Next) -> Response {
-    match guard.refusal(&request) {
-        Some(refused) => refused.into_response(),
-        None => next.run(request).await,
-    }
-}
-
 impl Guard {
-    /// The refusal `request` gets, if any.
-    fn refusal(&self, request: &Request) -> Option<ApiError> {
+    pub fn new(settings: &GuardSettings, metrics: Metrics) -> Self {
+        Self {
+            rate_limit: settings.rate_limit.map(|(per_second, burst)| {
+                RateLimit::new(Quota::per_second(per_second).allow_burst(burst))
+            }),
+            trusted_proxies: settings.trusted_proxies.clone(),
+            api_keys: settings
+                .api_keys
+                .iter()
+                .map(|k| k.expose().as_bytes().into())
+                .collect(),
+            places: Arc::new(Semaphore::new(settings.max_in_flight)),
+            metrics,
+        }
+    }
+
+    /// The client's rate, then (for writes) its API key, then a place among
+    /// those in flight: neither floods nor strangers take capacity.
+    fn admit(&self, parts: &Parts) -> Result<Admitted, ApiError> {
         if let Some(limit) = &self.rate_limit
-            && let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<SocketAddr>>()
+            && let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>()
         {
-            let client = client_address(peer.ip(), request.headers(), &self.trusted_proxies);
+            let client = client_address(peer.ip(), &parts.headers, &self.trusted_proxies);
             if let Err(wait_secs) = limit.check(client) {
                 self.metrics.request_rate_limited();
-                return Some(ApiError::rate_limited(wait_secs));
+                return Err(ApiError::rate_limited(wait_secs));
             }
         }
         if !self.api_keys.is_empty()
-            && request.method() == Method::POST
-            && !presented_key(request.headers()).is_some_and(|key| self.admits(key))
+            && parts.method == Method::POST
+            && !presented_key(&parts.headers).is_some_and(|key| self.admits(key))
         {
-            return Some(ApiError::unauthorized());
+            return Err(ApiError::unauthorized());
         }
-        None
+        match self.places.clone().try_acquire_owned() {
+            Ok(place) => Ok(Admitted { _place: place }),
+            Err(_) => {
+                self.metrics.request_shed();
+                Err(ApiError::unavailable(
+                    "the server is at capacity; retry shortly",
+                ))
+            }
+        }
     }
 
     /// Whether `presented` is one of the keys. Every key is compared in full
@@ -132,6 +113,24 @@ impl Guard {
                 found | key.as_ref().ct_eq(presented)
             })
             .into()
+    }
+}
+
+/// A request let through the guard; its place among those in flight is
+/// held until the handler ends (or the client goes away).
+pub struct Admitted {
+    _place: OwnedSemaphorePermit,
+}
+
+impl<S> FromRequestParts<S> for Admitted
+where
+    Arc<Guard>: FromRef<S>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Arc::<Guard>::from_ref(state).admit(parts)
     }
 }
 
@@ -209,8 +208,9 @@ mod tests {
     fn guard_with_keys(keys: &[&str]) -> Guard {
         Guard {
             rate_limit: None,
-            trusted_proxies: Arc::new([]),
+            trusted_proxies: Vec::new(),
             api_keys: keys.iter().map(|k| k.as_bytes().into()).collect(),
+            places: Arc::new(Semaphore::new(1)),
             metrics: Metrics::new(),
         }
     }

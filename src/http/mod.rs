@@ -10,6 +10,7 @@ use std::{sync::Arc, time::Duration};
 
 use axum::{
     Router,
+    extract::FromRef,
     http::{HeaderName, HeaderValue, Method, header},
     response::IntoResponse,
 };
@@ -66,6 +67,26 @@ impl std::ops::Deref for AppState {
     }
 }
 
+/// The state of the `/data` routes: the application's, and the guard
+/// their requests pass first.
+#[derive(Clone)]
+pub struct DataState {
+    app: AppState,
+    guard: Arc<guard::Guard>,
+}
+
+impl FromRef<DataState> for AppState {
+    fn from_ref(state: &DataState) -> Self {
+        state.app.clone()
+    }
+}
+
+impl FromRef<DataState> for Arc<guard::Guard> {
+    fn from_ref(state: &DataState) -> Self {
+        state.guard.clone()
+    }
+}
+
 /// How the API protects itself; see the `SVC_*` settings of `svc serve`.
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
@@ -86,8 +107,12 @@ pub fn router(state: AppState, settings: &HttpSettings) -> Router {
         },
     };
     let metrics = state.metrics.clone();
+    let data = DataState {
+        guard: Arc::new(guard::Guard::new(&settings.guard, metrics.clone())),
+        app: state,
+    };
     let api = Router::new()
-        .merge(guard::guarded(data::router(), &settings.guard, &metrics).with_state(state))
+        .merge(data::router().with_state(data))
         .merge(health::router(probe))
         .merge(server::metrics_router(metrics.clone()))
         .merge(docs::router())

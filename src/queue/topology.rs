@@ -14,8 +14,6 @@ use lapin::{
     types::{AMQPValue, FieldTable},
 };
 
-use crate::config::TopologyArgs;
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
     pub exchange: String,
@@ -35,10 +33,6 @@ impl Topology {
             dead_letter_queue: format!("{prefix}.data.dead"),
             delivery_limit,
         }
-    }
-
-    pub fn from_args(args: &TopologyArgs) -> Self {
-        Self::new(&args.queue_prefix, args.delivery_limit)
     }
 
     /// Routing key of accepted writes: the ingest queue's name.

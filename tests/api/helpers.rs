@@ -596,7 +596,7 @@ pub fn real_parts(sandbox: &Sandbox) -> (Arc<dyn RecordStore>, Arc<dyn RecordCac
 }
 
 pub fn consumer_settings(sandbox: &Sandbox, extra: &[&str]) -> ConsumerSettings {
-    ConsumerSettings::from_args(&sandbox.consume_args(extra))
+    sandbox.consume_args(extra).consumer_settings()
 }
 
 /// Asserts a problem+json answer with the given status.
