@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use svc::{consume::Consumer, domain::DataMessage, metrics::Metrics, storage::StoreError};
 
-use crate::helpers::{RunningConsumer, Sandbox, consumer_settings, eventually, real_parts};
+use crate::helpers::{
+    RunningConsumer, Sandbox, consumer_settings, eventually, eventually_some, real_parts,
+};
 
 #[tokio::test]
 async fn the_same_message_delivered_twice_makes_one_row() {
@@ -112,21 +114,20 @@ async fn the_consumer_serves_its_own_health_and_metrics() {
     let running = RunningConsumer::run(consumer);
 
     let client = reqwest::Client::new();
-    let mut ready = (0, serde_json::Value::Null);
-    for _ in 0..200 {
-        let response = client
-            .get(format!("http://{address}/health/ready"))
-            .send()
-            .await
-            .unwrap();
-        ready = (response.status().as_u16(), response.json().await.unwrap());
-        if ready.0 == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert_eq!(ready.0, 200, "{}", ready.1);
-    assert_eq!(ready.1["checks"]["rabbitmq"], "ok");
+    let ready: serde_json::Value =
+        eventually_some("the consumer ready", Duration::from_secs(5), || async {
+            let response = client
+                .get(format!("http://{address}/health/ready"))
+                .send()
+                .await
+                .unwrap();
+            if response.status() != 200 {
+                return None;
+            }
+            response.json().await.ok()
+        })
+        .await;
+    assert_eq!(ready["checks"]["rabbitmq"], "ok");
     let live = client
         .get(format!("http://{address}/health/live"))
         .send()

@@ -71,10 +71,24 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
+    eventually_some(what, within, || {
+        let held = check();
+        async move { held.await.then_some(()) }
+    })
+    .await
+}
+
+/// Polls `check` every 100 ms until it gives a value; fails the test after
+/// `within`. The one polling loop of the tests.
+pub async fn eventually_some<T, F, Fut>(what: &str, within: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
     let deadline = std::time::Instant::now() + within;
     while std::time::Instant::now() < deadline {
-        if check().await {
-            return;
+        if let Some(value) = check().await {
+            return value;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -198,13 +212,10 @@ impl Sandbox {
 
     /// Polls until the table holds at least `rows` rows (10 s at most).
     pub async fn wait_for_rows(&self, rows: i64) {
-        for _ in 0..400 {
-            if self.row_count().await >= rows {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("expected {rows} rows, have {}", self.row_count().await);
+        eventually(&format!("{rows} rows"), Duration::from_secs(10), || async {
+            self.row_count().await >= rows
+        })
+        .await;
     }
 
     pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
@@ -437,16 +448,11 @@ impl TestApp {
     }
 
     pub async fn wait_until_ready(&self) {
-        for _ in 0..200 {
-            if let Ok(response) = self.client.get(self.url("/health/ready")).send().await
-                && response.status() == 200
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        let body = self.get("/health/ready").await.1;
-        panic!("the API did not become ready: {body}");
+        eventually("the API became ready", Duration::from_secs(5), || async {
+            let response = self.client.get(self.url("/health/ready")).send().await;
+            response.is_ok_and(|response| response.status() == 200)
+        })
+        .await;
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -512,14 +518,15 @@ impl TestApp {
 
     /// Polls a record until it reads 200.
     pub async fn wait_for_record(&self, id: Uuid) -> Value {
-        for _ in 0..400 {
-            let (status, body) = self.get_record(id).await;
-            if status == 200 {
-                return body;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("record {id} never became readable");
+        eventually_some(
+            &format!("record {id} readable"),
+            Duration::from_secs(10),
+            || async {
+                let (status, body) = self.get_record(id).await;
+                (status == 200).then_some(body)
+            },
+        )
+        .await
     }
 
     /// Starts `svc consume` for this sandbox in the background.

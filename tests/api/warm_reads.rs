@@ -23,7 +23,7 @@ use svc::{
 use tower::ServiceExt;
 use uuid::Uuid;
 
-use crate::helpers::{Sandbox, TestApp, publisher, real_parts};
+use crate::helpers::{Sandbox, TestApp, eventually_some, publisher, real_parts};
 
 const BODY: &str = r#"{"id":"x","value":"warm","created_at":"2026-12-02T00:00:00Z"}"#;
 
@@ -155,17 +155,15 @@ async fn through_the_server_a_read_from_memory_is_measured_under_its_route() {
     let consumer = app.start_consumer(&[]);
     let id = app.accept("answered twice").await;
     let url = app.url(&format!("/data/{id}"));
-    let mut first = None;
-    for _ in 0..400 {
+    let first = eventually_some("the record readable", Duration::from_secs(10), || async {
         let response = app.client.get(&url).send().await.unwrap();
-        if response.status() == 200 {
-            first = Some(response.bytes().await.unwrap());
-            break;
+        if response.status() != 200 {
+            return None;
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+        response.bytes().await.ok()
+    })
+    .await;
     consumer.stop().await;
-    let first = first.expect("the record became readable");
     // The first 200 put the body in memory; this one is served from there.
     let second = app.client.get(&url).send().await.unwrap();
     assert_eq!(second.status(), 200);
