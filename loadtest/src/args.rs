@@ -105,9 +105,81 @@ pub struct LoadtestArgs {
     /// A run during which a disk sync took this long (ms) or more does not count towards a fail.
     #[arg(long, default_value_t = 250.0)]
     pub max_disk_sync_ms: f64,
+
+    /// Percentiles reported beside p50, p95 and p99 (table, summary.json, report), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "99.9", value_parser = parse_percentile)]
+    pub percentiles: Vec<f64>,
+
+    /// Windowed SLO gate: the load phase's `--window-percentile` under
+    /// `--slo-ms` in every window of this many seconds (0: off).
+    #[arg(long, default_value_t = 10)]
+    pub window_secs: u64,
+
+    /// The percentile the windowed gates judge.
+    #[arg(long, default_value_t = 99.0, value_parser = parse_percentile)]
+    pub window_percentile: f64,
+
+    /// Streak gate: at most this many seconds in a row of the load phase with
+    /// `--window-percentile` over `--slo-ms` (needs enough requests per
+    /// second to judge each second: 563 for p99). Off unless given.
+    #[arg(long)]
+    pub max_slow_secs: Option<u64>,
+
+    /// A stored run's summary.json: fail when an endpoint's p95, p99 or
+    /// throughput regressed beyond `--max-regression` against it.
+    #[arg(long, value_name = "SUMMARY_JSON")]
+    pub compare: Option<std::path::PathBuf>,
+
+    /// Largest accepted regression against `--compare`, as a fraction.
+    #[arg(long, default_value_t = 0.10)]
+    pub max_regression: f64,
+
+    /// Also write every gate as a JUnit test case to this file.
+    #[arg(long, value_name = "FILE")]
+    pub junit: Option<std::path::PathBuf>,
+
+    /// No progress line while the phases run.
+    #[arg(long)]
+    pub quiet: bool,
+
+    /// Seconds between two progress lines.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    pub progress_secs: u64,
+
+    /// Capacity search: after the baseline, open-model steps from
+    /// `--rate` (default 100/s) up by `--capacity-step` each, `--load-secs`
+    /// long, until one fails its gates; reports the highest rate that held.
+    #[arg(long)]
+    pub find_capacity: bool,
+
+    /// Factor from one capacity step's rate to the next.
+    #[arg(long, default_value_t = 1.5, value_parser = parse_step)]
+    pub capacity_step: f64,
+
+    /// Most capacity steps.
+    #[arg(long, default_value_t = 12, value_parser = clap::value_parser!(u32).range(1..))]
+    pub capacity_max_steps: u32,
 }
 
 impl LoadtestArgs {
+    pub fn limits(&self) -> crate::Limits {
+        crate::Limits {
+            slo_ms: self.slo_ms,
+            max_degradation: self.max_degradation,
+            noise_floor_ms: self.noise_floor_ms,
+            max_error_rate: self.max_error_rate,
+            drain_secs: self.drain_secs,
+            window_secs: self.window_secs,
+            window_percentile: self.window_percentile,
+            max_slow_secs: self.max_slow_secs,
+            max_regression: self.max_regression,
+        }
+    }
+
+    pub fn resolution(&self) -> crate::measure::Resolution {
+        crate::measure::Resolution::new(&self.percentiles, self.window_secs, self.window_percentile)
+    }
+
     pub fn confirm_policy(&self) -> crate::confirm::ConfirmPolicy {
         crate::confirm::ConfirmPolicy {
             max_runs: self.confirm_runs,
@@ -121,6 +193,25 @@ impl LoadtestArgs {
             Duration::from_millis(*self.think_time_ms.start()),
             Duration::from_millis(*self.think_time_ms.end()),
         )
+    }
+}
+
+fn parse_percentile(text: &str) -> Result<f64, String> {
+    let value: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number"))?;
+    if value > 0.0 && value < 100.0 {
+        Ok(value)
+    } else {
+        Err("a percentile is above 0 and below 100".into())
+    }
+}
+
+fn parse_step(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(step) if step > 1.0 && step.is_finite() => Ok(step),
+        _ => Err("the step is a factor above 1, for example 1.5".into()),
     }
 }
 
@@ -153,5 +244,15 @@ mod tests {
         assert!(parse_range("5..1").is_err());
         assert!(parse_range("100").is_err());
         assert!(parse_range("a..b").is_err());
+    }
+
+    #[test]
+    fn percentiles_and_steps_parse() {
+        assert_eq!(parse_percentile("99.9"), Ok(99.9));
+        assert!(parse_percentile("100").is_err());
+        assert!(parse_percentile("0").is_err());
+        assert!(parse_percentile("p99").is_err());
+        assert_eq!(parse_step("1.5"), Ok(1.5));
+        assert!(parse_step("1").is_err());
     }
 }

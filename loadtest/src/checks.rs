@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::Context;
 use futures_util::{StreamExt, stream};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::workload::Ledger;
@@ -68,7 +68,7 @@ pub async fn seed(client: &reqwest::Client, host: &str, count: u32, ledger: &Led
 }
 
 /// The result of the durability check.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Durability {
     /// Writes answered 202 during the run (seeding included).
     pub accepted: usize,

@@ -13,7 +13,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::{GateKind, Summary};
+use crate::{Summary, Verdict};
 
 /// Runs whose failed latency gates count before the verdict is a fail.
 const COUNTED_FAILURES: u32 = 2;
@@ -51,16 +51,17 @@ impl Confirmation {
         let failed: BTreeSet<&'static str> = summary
             .gates
             .iter()
-            .filter(|gate| !gate.passed)
-            .map(|gate| kind_name(gate.kind))
+            .filter(|gate| gate.verdict == Verdict::Fail)
+            .map(|gate| gate.kind.name())
             .collect();
         if failed.is_empty() || policy.max_runs <= 1 {
             return Next::Stop(None);
         }
         let kinds = failed.iter().copied().collect::<Vec<_>>().join(", ");
-        if failed
+        if summary
+            .gates
             .iter()
-            .any(|kind| !matches!(*kind, "slo" | "degradation"))
+            .any(|gate| gate.verdict == Verdict::Fail && !gate.kind.is_latency())
         {
             return Next::Stop(Some(format!(
                 "failed gates ({kinds}) are not measured again"
@@ -110,20 +111,11 @@ fn host_noise(summary: &Summary) -> (f64, f64) {
     (stolen, sync)
 }
 
-fn kind_name(kind: GateKind) -> &'static str {
-    match kind {
-        GateKind::Slo => "slo",
-        GateKind::Degradation => "degradation",
-        GateKind::ErrorRate => "error_rate",
-        GateKind::Durability => "durability",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::{
-        Durability, Gate, Limits, PhaseSummary,
+        Durability, Gate, GateKind, Limits, PhaseSummary, RunVerdict,
         disk::DiskSyncs,
         measure::{CpuUse, MachineCpu},
     };
@@ -155,22 +147,26 @@ mod tests {
             }),
             endpoints: Vec::new(),
             timeline: Vec::new(),
+            windows: Vec::new(),
+            cpu: Vec::new(),
         };
         let gate = |kind, passed| Gate {
             kind,
             phase: None,
             endpoint: None,
-            passed,
+            verdict: if passed { Verdict::Pass } else { Verdict::Fail },
+            samples: 1000,
             measured: String::new(),
             limit: String::new(),
+            advice: None,
         };
         let mut gates: Vec<Gate> = failed.iter().map(|&kind| gate(kind, false)).collect();
         gates.push(gate(GateKind::ErrorRate, true));
         Summary {
-            schema: 1,
+            schema: crate::report::SCHEMA,
             host: "http://127.0.0.1:1".into(),
             started_at: String::new(),
-            model: "closed",
+            model: "closed".into(),
             mix: String::new(),
             limits: Limits {
                 slo_ms: 500.0,
@@ -178,16 +174,27 @@ mod tests {
                 noise_floor_ms: 2.0,
                 max_error_rate: 0.001,
                 drain_secs: 60,
+                window_secs: 10,
+                window_percentile: 99.0,
+                max_slow_secs: None,
+                max_regression: 0.1,
             },
+            percentiles: vec![50.0, 95.0, 99.0],
             phases: vec![phase],
-            durability: Durability {
+            durability: Some(Durability {
                 accepted: 0,
                 persisted: 0,
                 lost: Vec::new(),
                 drained_after_secs: 0.0,
-            },
+            }),
             gates,
-            verdict: if failed.is_empty() { "pass" } else { "fail" },
+            comparison: None,
+            capacity: None,
+            verdict: if failed.is_empty() {
+                RunVerdict::Pass
+            } else {
+                RunVerdict::Fail
+            },
         }
     }
 

@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Time between two probes.
 const INTERVAL: Duration = Duration::from_millis(100);
@@ -27,7 +27,7 @@ const INTERVAL: Duration = Duration::from_millis(100);
 const STALL: Duration = Duration::from_millis(100);
 
 /// The disk's syncs over a phase's measured window.
-#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
 pub struct DiskSyncs {
     /// Probes that ran.
     pub syncs: u64,

@@ -2,9 +2,14 @@
 //! descriptors for thousands of connections, its own CPU use and the whole
 //! machine's.
 
-use std::time::Instant;
+use std::{
+    sync::mpsc::RecvTimeoutError,
+    time::{Duration, Instant},
+};
 
-use crate::measure::{CpuUse, MachineCpu, PhaseCpu};
+use serde::{Deserialize, Serialize};
+
+use crate::measure::{CpuUse, MachineCpu};
 
 /// Raises the soft open-file limit to the hard limit. Past the limit,
 /// connections fail with no useful cause, so this runs before any load.
@@ -85,16 +90,36 @@ fn ticks_per_second() -> f64 {
     if ticks > 0 { ticks as f64 } else { 100.0 }
 }
 
-/// Measures the generator's CPU use, and the machine's, over a stretch of
-/// time.
-pub struct CpuMeter {
+/// What a phase cost in CPU: the generator's own, and the whole machine's
+/// where the OS tells (Linux), over the phase and per second.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PhaseCpu {
+    pub generator: CpuUse,
+    pub machine: Option<MachineCpu>,
+    pub timeline: Vec<CpuSample>,
+}
+
+/// One second's CPU: the generator's, and the machine's busy and stolen
+/// cores (`None` where the OS does not tell).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq)]
+pub struct CpuSample {
+    /// Seconds since the phase started.
+    pub second: u64,
+    pub generator_cores: f64,
+    pub machine_busy_cores: Option<f64>,
+    pub machine_stolen_cores: Option<f64>,
+}
+
+/// A reading of both clocks.
+#[derive(Debug, Clone, Copy)]
+struct Reading {
     wall: Instant,
     cpu: f64,
     machine: Option<MachineTicks>,
 }
 
-impl CpuMeter {
-    pub fn start() -> Self {
+impl Reading {
+    fn now() -> Self {
         Self {
             wall: Instant::now(),
             cpu: cpu_seconds(),
@@ -102,21 +127,79 @@ impl CpuMeter {
         }
     }
 
-    /// The generator's CPU use, and the machine's where the OS tells.
-    pub fn stop(&self) -> PhaseCpu {
-        let wall = self.wall.elapsed().as_secs_f64().max(0.001);
-        let machine = self.machine.zip(machine_ticks()).map(|(start, end)| {
+    /// Cores used from `earlier` to this reading: the generator's, and the
+    /// machine's busy and stolen.
+    fn since(&self, earlier: &Reading) -> (f64, Option<MachineCpu>) {
+        let wall = self
+            .wall
+            .duration_since(earlier.wall)
+            .as_secs_f64()
+            .max(0.001);
+        let machine = earlier.machine.zip(self.machine).map(|(start, end)| {
             let cores = |ticks: u64| ticks as f64 / ticks_per_second() / wall;
             MachineCpu {
                 cores_busy: cores(end.busy.saturating_sub(start.busy)),
                 cores_stolen: cores(end.steal.saturating_sub(start.steal)),
             }
         });
-        let generator = CpuUse {
-            cores_busy: (cpu_seconds() - self.cpu) / wall,
-            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        };
-        PhaseCpu { generator, machine }
+        ((self.cpu - earlier.cpu) / wall, machine)
+    }
+}
+
+/// Samples the generator's CPU and the machine's once a second, on a thread
+/// of its own, over a phase.
+pub struct CpuMeter {
+    start: Reading,
+    stop: std::sync::mpsc::Sender<()>,
+    sampler: std::thread::JoinHandle<Vec<CpuSample>>,
+}
+
+impl CpuMeter {
+    pub fn start() -> Self {
+        let start = Reading::now();
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let sampler = std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            let mut last = start;
+            let mut second = 0;
+            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(
+                (start.wall + Duration::from_secs(second + 1))
+                    .saturating_duration_since(Instant::now()),
+            ) {
+                second += 1;
+                let now = Reading::now();
+                let (generator_cores, machine) = now.since(&last);
+                samples.push(CpuSample {
+                    second: second - 1,
+                    generator_cores,
+                    machine_busy_cores: machine.map(|m| m.cores_busy),
+                    machine_stolen_cores: machine.map(|m| m.cores_stolen),
+                });
+                last = now;
+            }
+            samples
+        });
+        Self {
+            start,
+            stop,
+            sampler,
+        }
+    }
+
+    /// The generator's CPU use, and the machine's where the OS tells, over
+    /// the whole phase and per second.
+    pub fn stop(self) -> PhaseCpu {
+        let (cores_busy, machine) = Reading::now().since(&self.start);
+        let _ = self.stop.send(());
+        let timeline = self.sampler.join().unwrap_or_default();
+        PhaseCpu {
+            generator: CpuUse {
+                cores_busy,
+                cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            },
+            machine,
+            timeline,
+        }
     }
 }
 
@@ -140,7 +223,16 @@ mod tests {
 
     #[test]
     fn the_meter_reads_this_machine() {
-        let PhaseCpu { generator, machine } = CpuMeter::start().stop();
+        let meter = CpuMeter::start();
+        std::thread::sleep(Duration::from_millis(2100));
+        let PhaseCpu {
+            generator,
+            machine,
+            timeline,
+        } = meter.stop();
+        // One sample per whole second.
+        assert_eq!(timeline.len(), 2, "{timeline:?}");
+        assert_eq!(timeline[1].second, 1);
         assert!(generator.cores >= 1);
         if cfg!(target_os = "linux") {
             let machine = machine.expect("/proc/stat is read on Linux");

@@ -52,7 +52,7 @@ impl Ledger {
 /// The shape of one phase.
 #[derive(Debug, Clone)]
 pub struct PhasePlan {
-    pub name: &'static str,
+    pub name: String,
     pub host: String,
     pub users: u32,
     pub hatch_rate: u32,
@@ -63,6 +63,8 @@ pub struct PhasePlan {
     pub request_timeout: Duration,
     /// Where goose writes its own HTML report of the phase.
     pub goose_report: std::path::PathBuf,
+    /// Time between two progress lines on stderr; `None`: quiet.
+    pub progress: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -84,6 +86,10 @@ impl PhasePlan {
     /// The start of the phase left out of its figures: ramp-up, then warm-up.
     pub fn unmeasured(&self) -> Duration {
         self.ramp_up() + self.warmup
+    }
+
+    pub fn length(&self) -> Duration {
+        self.unmeasured() + self.measured
     }
 }
 
@@ -248,9 +254,22 @@ pub async fn run_phase(
             Ok(())
         })
     });
+    // Each user counts itself in and out, for the active users over time.
+    let counting_in = recorder.clone();
+    let user_started: TransactionFunction = Arc::new(move |_| {
+        counting_in.user_started();
+        Box::pin(async { Ok(()) })
+    });
+    let counting_out = recorder.clone();
+    let user_stopped: TransactionFunction = Arc::new(move |_| {
+        counting_out.user_stopped();
+        Box::pin(async { Ok(()) })
+    });
 
-    let mut scenario =
-        scenario!("svc").register_transaction(Transaction::new(transaction).set_name("mix"));
+    let mut scenario = scenario!("svc")
+        .register_transaction(Transaction::new(user_started).set_on_start())
+        .register_transaction(Transaction::new(transaction).set_name("mix"))
+        .register_transaction(Transaction::new(user_stopped).set_on_stop());
     if let LoadModel::Closed {
         think_min,
         think_max,
@@ -273,7 +292,8 @@ pub async fn run_phase(
     configuration.quiet = 1;
     configuration.report_file = vec![plan.goose_report.to_string_lossy().into_owned()];
 
-    GooseAttack::initialize_with_config(configuration)
+    let watcher = tokio::spawn(watch(plan.clone(), recorder.clone()));
+    let attack = GooseAttack::initialize_with_config(configuration)
         .map_err(goose_error)?
         // One shared client: one connection pool for all users.
         .set_client_builder_without_cookies(
@@ -285,6 +305,42 @@ pub async fn run_phase(
         .register_scenario(scenario)
         .execute()
         .await
-        .map_err(goose_error)?;
+        .map_err(goose_error);
+    watcher.abort();
+    attack?;
     Ok(recorder)
+}
+
+/// While a phase runs: a progress line every `plan.progress`, and a Ctrl-C
+/// that came while goose was starting (which clears its killswitch) passed
+/// on to goose again.
+async fn watch(plan: PhasePlan, recorder: Arc<PhaseRecorder>) {
+    let mut ticks = tokio::time::interval(Duration::from_millis(250));
+    let mut last_line = Instant::now();
+    loop {
+        ticks.tick().await;
+        if crate::interrupt::requested() && !goose::is_killswitch_triggered() {
+            goose::trigger_killswitch("interrupted (Ctrl-C)");
+        }
+        let Some(every) = plan.progress else {
+            continue;
+        };
+        if last_line.elapsed() >= every {
+            last_line = Instant::now();
+            eprintln!("{}", progress_line(&plan, &recorder.live()));
+        }
+    }
+}
+
+fn progress_line(plan: &PhasePlan, live: &crate::measure::Live) -> String {
+    format!(
+        "loadtest: {} {:>4.0}/{:.0} s · {} users · {:.0} req/s · p95 {:.2} ms · {} errors",
+        plan.name,
+        live.elapsed.as_secs_f64(),
+        plan.length().as_secs_f64(),
+        live.users,
+        live.requests_per_second,
+        live.p95_ms,
+        live.errors
+    )
 }
