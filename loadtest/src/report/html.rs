@@ -19,7 +19,7 @@ use crate::{
 const STYLE: &str = r#"
 :root{--pass:#17803d;--fail:#c0262d;--inconclusive:#a15c00;--muted:#666;--line:#ddd}
 *{box-sizing:border-box}
-body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;color:#1d1d1f;margin:0 auto;max-width:1040px;padding:24px}
+body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;color:#1d1d1f;margin:0 auto;max-width:1040px;padding:24px}
 h1{font-size:26px;margin:0 0 4px}h2{font-size:20px;margin:32px 0 8px;border-bottom:1px solid var(--line);padding-bottom:4px}h3{font-size:16px;margin:20px 0 6px}
 .meta{color:var(--muted);margin:0 0 12px}
 .badge{display:inline-block;padding:2px 10px;border-radius:4px;color:#fff;font-weight:600;text-transform:uppercase;font-size:14px;vertical-align:middle}
@@ -30,7 +30,7 @@ caption{text-align:left;color:var(--muted);font-size:13px;padding:4px 0;caption-
 th,td{padding:4px 8px;border-bottom:1px solid var(--line);text-align:right;vertical-align:top}
 th{background:#f5f5f7;font-weight:600}
 th.text,td.text{text-align:left}
-td.ci{color:var(--muted);font-size:12px;white-space:nowrap}
+.ci{display:block;color:var(--muted);font-size:11px;white-space:nowrap}
 tr.fail td.verdict{color:var(--fail);font-weight:600}tr.pass td.verdict{color:var(--pass);font-weight:600}tr.inconclusive td.verdict{color:var(--inconclusive);font-weight:600}
 td.advice{color:var(--inconclusive);font-size:13px;text-align:left}
 dl{display:grid;grid-template-columns:max-content 1fr;gap:2px 16px;margin:8px 0}dt{color:var(--muted)}dd{margin:0}
@@ -161,13 +161,9 @@ fn phase_table(page: &mut String, summary: &Summary, phase: &PhaseSummary) {
         escape(&phase.name)
     );
     for &p in &summary.percentiles {
-        let _ = write!(
-            page,
-            "<th>{} ms</th><th>95 % interval</th>",
-            percentile_name(p)
-        );
+        let _ = write!(page, "<th>{} ms</th>", percentile_name(p));
     }
-    page.push_str("<th>max ms</th><th>status errors</th><th>timeouts</th><th>connection errors</th></tr></thead><tbody>");
+    page.push_str("<th>max ms</th><th>status errors</th><th>time-outs</th><th>connection errors</th></tr></thead><tbody>");
     for e in &phase.endpoints {
         let _ = write!(
             page,
@@ -183,7 +179,7 @@ fn phase_table(page: &mut String, summary: &Summary, phase: &PhaseSummary) {
                 .map_or_else(|| "unbounded".to_owned(), |h| format!("{h:.2}"));
             let _ = write!(
                 page,
-                r#"<td>{:.2}</td><td class="ci">{:.2}–{high}</td>"#,
+                r#"<td>{:.2}<span class="ci">{:.2}–{high}</span></td>"#,
                 estimate.ms, estimate.low_ms
             );
         }
@@ -195,7 +191,7 @@ fn phase_table(page: &mut String, summary: &Summary, phase: &PhaseSummary) {
     }
     let _ = write!(
         page,
-        "</tbody><caption>{}</caption></table>",
+        "</tbody><caption>{}. Under each percentile: its 95 % interval.</caption></table>",
         escape(&phase_note(phase))
     );
 }
