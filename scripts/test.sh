@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the full test suite: unit tests and the integration tests against the
-# real PostgreSQL, Redis and RabbitMQ (started first if needed), plus the read
+# real PostgreSQL, Redis and RabbitMQ (started first if needed; Chromium is
+# installed for the load-test report's browser test if missing), plus the read
 # path through PgBouncer to a streaming replica (scripts/replica.sh). A read
 # path this script started is stopped when it ends: left running, the
 # replica's WAL replay and fsyncs would share the cores and the disk with
@@ -41,6 +42,10 @@ coverage_tools() {
 }
 
 scripts/services.sh
+# The report of `svc loadtest` is tested in a headless browser.
+if ! command -v chromium >/dev/null && ! command -v google-chrome >/dev/null; then
+    install_packages chromium
+fi
 if ! scripts/replica.sh status; then
     trap 'scripts/replica.sh stop || log "could not stop the read path"' EXIT
 fi

@@ -32,8 +32,10 @@ pub enum Command {
     Consume(ConsumeArgs),
     /// Apply the Postgres migrations and declare the RabbitMQ topology.
     Migrate(MigrateArgs),
-    /// Load-test an svc API and judge it: SLO, degradation, errors, durability.
-    /// Exit code 0 when every gate holds, 1 when one fails, 2 when it could not run.
+    /// Load-test an svc API and judge it: SLO, degradation, windows, errors,
+    /// durability, regression. Exit code 0 when every gate holds, 1 when one
+    /// fails, 2 when it could not run (or was interrupted), 3 when a gate
+    /// had too few samples to decide.
     #[cfg(feature = "loadtest")]
     Loadtest(svc_loadtest::LoadtestArgs),
 }

@@ -1,5 +1,6 @@
 //! The report as a reader sees it: a real run writes `report.html`, headless
-//! Chromium (Debian's `chromium`, which scripts/test.sh installs) loads it
+//! Chromium (Debian's `chromium`, which scripts/test.sh installs, or
+//! `google-chrome`; `SVC_CHROMIUM` names another) loads it
 //! from disk with the network unreachable, and the test reads the DOM the
 //! browser built. A screenshot is kept in `target/loadtest-report.png`
 //! (CI keeps it as an artifact).
@@ -25,13 +26,31 @@ const CHROMIUM: &[&str] = &[
     "--v=0",
 ];
 
+/// `SVC_CHROMIUM`, else the first of Debian's `chromium` and Google's
+/// `google-chrome` on the PATH.
+fn browser() -> String {
+    if let Ok(path) = std::env::var("SVC_CHROMIUM") {
+        return path;
+    }
+    ["chromium", "google-chrome", "chromium-browser"]
+        .into_iter()
+        .find(|name| {
+            Command::new(name)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+        .expect("a Chromium on the PATH (scripts/test.sh installs Debian's chromium package)")
+        .to_owned()
+}
+
 fn chromium(profile: &Path, args: &[&str]) -> (String, String) {
-    let output = Command::new("chromium")
+    let output = Command::new(browser())
         .args(CHROMIUM)
         .arg(format!("--user-data-dir={}", profile.display()))
         .args(args)
         .output()
-        .expect("chromium runs (scripts/test.sh installs Debian's chromium package)");
+        .expect("chromium starts");
     assert!(output.status.success(), "chromium: {output:?}");
     (
         String::from_utf8_lossy(&output.stdout).into_owned(),
