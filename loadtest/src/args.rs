@@ -1,5 +1,5 @@
 //! The flags of `svc loadtest`. Every one has a default; together the
-//! defaults run for about three minutes and decide every gate.
+//! defaults run for about four minutes and decide every gate.
 
 use std::{ops::RangeInclusive, time::Duration};
 
@@ -31,7 +31,7 @@ pub struct LoadtestArgs {
 
     /// Length of the baseline phase, in seconds, after its ramp-up (long
     /// enough by default for the p99 of an endpoint with a tenth of the mix).
-    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
     pub baseline_secs: u64,
 
     /// Length of the load phase, in seconds, after its ramp-up.
@@ -43,9 +43,9 @@ pub struct LoadtestArgs {
     pub warmup_secs: u64,
 
     /// Pause of each closed-model user between two requests, `MIN..MAX` in ms
-    /// (the default models a client app between two calls; about 2.5
+    /// (the default models a client app between two calls; about 1.25
     /// requests/s per user).
-    #[arg(long, default_value = "200..600", value_parser = parse_range)]
+    #[arg(long, default_value = "400..1200", value_parser = parse_range)]
     pub think_time_ms: RangeInclusive<u64>,
 
     /// Weights of the request mix.

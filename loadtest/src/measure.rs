@@ -608,4 +608,42 @@ mod tests {
         assert!(get.p50().ms > 80.0, "{get:?}");
         assert_eq!(get.requests, 1);
     }
+
+    #[test]
+    fn users_are_counted_in_and_out_and_the_live_figures_follow() {
+        let recorder = PhaseRecorder::new(Duration::ZERO, None);
+        recorder.user_started();
+        recorder.user_started();
+        recorder.user_stopped();
+        let now = Instant::now();
+        for _ in 0..10 {
+            recorder.record(Endpoint::Post, now, Ok(()));
+        }
+        recorder.record(Endpoint::Post, now, Err(Failure::Status));
+        let live = recorder.live();
+        assert_eq!(live.users, 1);
+        assert_eq!(live.errors, 1);
+        let summary = recorder.summarise(
+            "x",
+            2,
+            Duration::from_secs(1),
+            PhaseCpu::default(),
+            &Resolution::default(),
+        );
+        assert_eq!(summary.timeline[0].users, 1);
+        assert_eq!(summary.timeline[0].requests, 11);
+        // Never below zero, whatever goose calls.
+        recorder.user_stopped();
+        recorder.user_stopped();
+        assert_eq!(recorder.live().users, 0);
+    }
+
+    #[test]
+    fn windows_cover_only_whole_measured_seconds() {
+        // Ramp-up and warm-up 0.5 s, measured 2.5 s: seconds 1 and 2 are
+        // whole and measured; 0 and 3 are cut.
+        assert_eq!(measured_seconds(0.5, 2.5), 1..3);
+        assert_eq!(measured_seconds(0.0, 3.0), 0..3);
+        assert_eq!(measured_seconds(2.0, 0.0), 2..2);
+    }
 }

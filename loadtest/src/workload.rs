@@ -344,3 +344,39 @@ fn progress_line(plan: &PhasePlan, live: &crate::measure::Live) -> String {
         live.errors
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_progress_line_names_the_phase_and_its_figures() {
+        let plan = PhasePlan {
+            name: "load".into(),
+            host: String::new(),
+            users: 1000,
+            hatch_rate: 500,
+            warmup: Duration::from_secs(5),
+            measured: Duration::from_secs(60),
+            mix: "get=1".parse().unwrap(),
+            load: LoadModel::Open { per_second: 10 },
+            request_timeout: Duration::from_secs(1),
+            goose_report: std::path::PathBuf::new(),
+            progress: Some(Duration::from_secs(5)),
+        };
+        let line = progress_line(
+            &plan,
+            &crate::measure::Live {
+                elapsed: Duration::from_secs(25),
+                users: 1000,
+                requests_per_second: 2480.4,
+                p95_ms: 4.123,
+                errors: 3,
+            },
+        );
+        assert_eq!(
+            line,
+            "loadtest: load   25/67 s · 1000 users · 2480 req/s · p95 4.12 ms · 3 errors"
+        );
+    }
+}
