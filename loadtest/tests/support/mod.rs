@@ -192,16 +192,18 @@ pub fn args_with(host: &str, report_dir: &std::path::Path, extra: &[&str]) -> Lo
     Wrapper::parse_from(argv).args
 }
 
-/// Enough samples for every gate: an even mix, users that barely pause, three seconds a phase.
+/// Enough samples for every gate, with room for an instrumented build on a
+/// busy machine: an even mix, users that barely pause, 6 s of baseline
+/// (about twice the 563 samples a p99 needs per endpoint) and 4 s of load.
 pub const DECISIVE: &[&str] = &[
     "--mix",
     "get=34,list=33,post=33",
     "--think-time-ms",
     "1..3",
     "--baseline-secs",
-    "3",
+    "6",
     "--load-secs",
-    "3",
+    "4",
     "--window-secs",
     "3",
 ];
